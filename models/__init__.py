@@ -1,0 +1,3 @@
+"""curmoe.models (placeholder: filled in by a later issue)."""
+
+__all__: list[str] = []
