@@ -1,0 +1,27 @@
+"""Baby models for tests (mlx-lm style: tiny vocab and widths, a few experts, two layers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import curmoe
+from curmoe._config import ModelConfig, MoEConfig
+from curmoe._gating import RouterConfig
+
+
+def baby_config(router: dict[str, Any] | None = None, moe: dict[str, Any] | None = None, **kw: Any) -> ModelConfig:
+    r = RouterConfig(**({"kind": "topk", "top_k": 2} | (router or {})))
+    m = MoEConfig(**({"n_experts": 4, "d_ff": 24, "router": r} | (moe or {})))
+    base = dict(vocab_size=50, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, moe=m, eos_token_id=1)
+    return ModelConfig(**(base | kw))
+
+
+def baby_model(seed: int = 0, dtype: Any = np.float64, std: float = 0.3, **kw: Any) -> curmoe.Model:
+    """Random weights with a large std so routing and attention are far from uniform."""
+    return curmoe.Model.random(baby_config(**kw), seed=seed, dtype=dtype, std=std)
+
+
+def random_ids(model: curmoe.Model, B: int, T: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, model.config.vocab_size, size=(B, T))
