@@ -14,6 +14,7 @@ which source each matrix used. Calibration is one pass of the dense model (not l
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -248,7 +249,8 @@ def compress(
         "time_s": time.perf_counter() - t0,
         "matrices": per_matrix,
     }
-    out.config = replace(model.config, factors=factors, compression=record)
+    # Normalise through JSON so the in-memory record equals what config.json will hold (tuples become lists).
+    out.config = replace(model.config, factors=factors, compression=json.loads(json.dumps(record)))
     log.info("compressed %d matrices: %.1f%% of expert parameters removed (%.1f%% of all)",
              len(keys), 100 * record["ratio_expert_params"], 100 * record["ratio_all_params"])
     return out

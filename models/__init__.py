@@ -1,3 +1,32 @@
 """curmoe.models (placeholder: filled in by a later issue)."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names served lazily (PEP 562) so that `python -m curmoe.models.tokenizer` does not import its own module twice
+# and `import curmoe.models` stays light: {public name: module that defines it}.
+_LAZY = {
+    "train_bpe_tokenizer": "curmoe.models.tokenizer",
+    "save_tokenizer": "curmoe.models.tokenizer",
+    "load_tokenizer": "curmoe.models.tokenizer",
+    "encode_split": "curmoe.models.tokenizer",
+}
+
+__all__: list[str] = [*_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'curmoe.models' has no attribute {name!r}")
+
+# --- Hugging Face import (issue 4) ---
+_LAZY.update({"from_hf": "curmoe.models.hf", "convert": "curmoe.models.hf"})
+__all__ += ["from_hf", "convert"]
+
+# --- torch twin (issue 4; torch is imported on first use of these names) ---
+_LAZY.update({name: "curmoe.models.torch_model" for name in ("TorchMoE", "TorchKVCache", "TrainOutput", "load_torch",
+                                                             "train_only_u")})
+__all__ += ["TorchMoE", "TorchKVCache", "TrainOutput", "load_torch", "train_only_u"]

@@ -1,0 +1,159 @@
+"""The ``curmoe`` command line: a thin layer over the Python API.
+
+Each subcommand parses its arguments and calls one library function; heavy modules are imported inside the
+handlers so ``curmoe --help`` stays fast. Commands that produce figures accept ``--json`` and then print one JSON
+object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register ``fn(args) -> int`` as subcommand ``name``; ``fn.configure(parser)`` adds its options."""
+
+    def deco(fn: Callable) -> Callable:
+        _COMMANDS[name] = (fn, help)
+        return fn
+
+    return deco
+
+
+def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    print(json.dumps(result, indent=None if as_json else 2, default=str) if as_json else render(result))
+
+
+def _load_calib(spec: str | None, model: Any, data_dir: str | None, n_tokens: int) -> Any:
+    """--calib wikitext2:train | FILE (text) -> (B, T) token ids, tokenised with the model's tokenizer."""
+    if spec is None:
+        return None
+    from curmoe._calibdata import calibration_ids
+
+    return calibration_ids(spec, model, data_dir=data_dir, n_tokens=n_tokens)
+
+
+# compress ---------------------------------------------------------------------------------------------------
+def _configure_compress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir")
+    p.add_argument("--method", choices=["cur", "svd"], required=True)
+    p.add_argument("--ratio", type=float, required=True, help="fraction of expert parameters to remove, in (0, 1)")
+    p.add_argument("--selection", default="deim", help="CUR rule: deim | qdeim | leverage | seed")
+    p.add_argument("--u", default="optimal", help="CUR middle matrix: optimal | intersection")
+    p.add_argument("--calib", default=None, help="activation-aware: wikitext2:train or a text FILE")
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
+    p.add_argument("--include-shared", action="store_true")
+    p.add_argument("--fold-u", action="store_true", help="fold U into C (C then holds no real columns)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--json", action="store_true")
+
+
+@command("compress", "compress a model's experts with CUR or SVD")
+def _compress(args: argparse.Namespace) -> int:
+    import curmoe
+
+    model = curmoe.load(args.model_dir)
+    calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
+    aware = calib is not None
+    if args.method == "cur":
+        cfg = curmoe.CURConfig(ratio=args.ratio, selection=args.selection, u=args.u, activation_aware=aware,
+                               seed=args.seed, include_shared=args.include_shared, fold_u=args.fold_u)
+    else:
+        cfg = curmoe.SVDConfig(ratio=args.ratio, activation_aware=aware, seed=args.seed,
+                               include_shared=args.include_shared)
+    out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json)
+    out.save(args.output)
+    rec = {k: v for k, v in out.config.compression.items() if k != "matrices"}
+    errs = [m["weight_error"] for m in out.config.compression["matrices"].values()]
+    oerrs = [m["output_error"] for m in out.config.compression["matrices"].values() if m["output_error"] is not None]
+    rec |= {"output": args.output, "mean_weight_error": sum(errs) / len(errs),
+            "mean_output_error": sum(oerrs) / len(oerrs) if oerrs else None}
+    _emit(rec, args.json, lambda r: (
+        f"saved {r['output']}: {r['method']} removed {100 * r['ratio_expert_params']:.1f}% of expert parameters "
+        f"({100 * r['ratio_all_params']:.1f}% of all), mean weight error {r['mean_weight_error']:.4f}"
+        + (f", mean output error {r['mean_output_error']:.4f}" if r["mean_output_error"] is not None else "")
+        + f", {r['time_s']:.1f} s"))
+    return 0
+
+
+_compress.configure = _configure_compress  # type: ignore[attr-defined]
+
+
+# convert ----------------------------------------------------------------------------------------------------
+def _configure_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hf_model_dir")
+    p.add_argument("-o", "--output", required=True)
+
+
+@command("convert", "convert a Hugging Face MoE model directory to a curmoe model directory")
+def _convert(args: argparse.Namespace) -> int:
+    from curmoe.models.hf import convert
+
+    path = convert(args.hf_model_dir, args.output)
+    print(f"saved {path}")
+    return 0
+
+
+_convert.configure = _configure_convert  # type: ignore[attr-defined]
+
+
+# info -------------------------------------------------------------------------------------------------------
+def _configure_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir")
+    p.add_argument("--json", action="store_true")
+
+
+@command("info", "describe a model directory (architecture, parameters, compression)")
+def _info(args: argparse.Namespace) -> int:
+    import curmoe
+
+    m = curmoe.load(args.model_dir)
+    rec = {"model": repr(m), "params": m.n_params(), "expert_params": m.n_expert_params(),
+           "compression": None if m.config.compression is None else
+           {k: v for k, v in m.config.compression.items() if k != "matrices"}}
+    _emit(rec, args.json, lambda r: json.dumps(r, indent=2, default=str))
+    return 0
+
+
+_info.configure = _configure_info  # type: ignore[attr-defined]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import curmoe
+
+    p = argparse.ArgumentParser(prog="curmoe", description="Compress MoE models with CUR; export, run, validate.")
+    p.add_argument("--version", action="version", version=f"curmoe {curmoe.__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (fn, help) in _COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        fn.configure(sp)
+        sp.set_defaults(func=fn)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s")
+    from curmoe._errors import CurmoeError
+
+    try:
+        return int(args.func(args) or 0)
+    except CurmoeError as e:
+        print(f"curmoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
