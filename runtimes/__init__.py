@@ -1,3 +1,37 @@
-"""curmoe.runtimes (placeholder: filled in by a later issue)."""
+"""curmoe.runtimes: run exported models on vendor runtimes, validate them against the reference, generate text.
 
-__all__: list[str] = []
+- :func:`load` opens a model on a runtime by registry name ("onnxruntime:cpu", "onnxruntime:cuda", ...);
+  :func:`available` lists the runtimes usable here with their devices.
+- :func:`validate` compares a runtime with the float64 NumPy reference (logits, routing, perplexity).
+- :func:`generate` decodes with a KV cache over any session.
+
+Importing this package imports no vendor SDK: each adapter module is imported on first use.
+"""
+
+from __future__ import annotations
+
+from curmoe.runtimes._registry import REGISTRY, RuntimeEntry, available, load, names, register
+from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, Session, SessionOptions
+from curmoe.runtimes.generate import generate
+from curmoe.runtimes.tolerances import TOLERANCES, Tolerance, tolerance_for
+from curmoe.runtimes.validate import ValidationReport, validate
+
+__all__ = [
+    "load",
+    "available",
+    "names",
+    "register",
+    "REGISTRY",
+    "RuntimeEntry",
+    "Session",
+    "SessionOptions",
+    "IOSpec",
+    "RuntimeInfo",
+    "RuntimeNotAvailableError",
+    "generate",
+    "validate",
+    "ValidationReport",
+    "Tolerance",
+    "TOLERANCES",
+    "tolerance_for",
+]

@@ -1,0 +1,144 @@
+"""A small ONNX graph builder: unique names, cached constants, weight initializers in torch orientation.
+
+Weights are stored as the checkpoint holds them, W of shape (out, in), under their checkpoint names, and used as
+``MatMul(x, Transpose(W))``: the Transpose of an initializer is constant-folded by ONNX Runtime (basic level) and
+OpenVINO at load time, and the file keeps the stable names and shapes (``layers.{l}.experts.{e}.up.C`` (m, c) ...).
+Activations are kept 2-D (tokens, features) for every linear map, so each MatMul has inputs of equal rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["GraphBuilder", "ONNX_DTYPE"]
+
+ONNX_DTYPE = {
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.float16): TensorProto.FLOAT16,
+    np.dtype(np.float64): TensorProto.DOUBLE,
+    np.dtype(np.int64): TensorProto.INT64,
+    np.dtype(np.int32): TensorProto.INT32,
+    np.dtype(np.bool_): TensorProto.BOOL,
+}
+
+
+class GraphBuilder:
+    """Collects nodes, initializers, inputs and outputs of one ONNX graph.
+
+    Args:
+        act_dtype: the activation/weight dtype of the export (np.float32 or np.float16).
+    """
+
+    def __init__(self, act_dtype: np.dtype) -> None:
+        self.act = np.dtype(act_dtype)
+        self.act_onnx = ONNX_DTYPE[self.act]
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._init_names: set[str] = set()
+        self._counts: dict[str, int] = {}
+        self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+        self._transposed: dict[str, str] = {}
+        self._weights: set[str] = set()
+        self.weight_bytes = 0
+
+    # Names ----------------------------------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        """A tensor/node name not used before, derived from ``hint``."""
+        i = self._counts.get(hint, 0)
+        self._counts[hint] = i + 1
+        return hint if i == 0 and hint not in self._init_names else f"{hint}_{i}"
+
+    # Nodes ----------------------------------------------------------------------------------------------------
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        hint: str | None = None,
+        *,
+        outputs: Sequence[str] | int = 1,
+        domain: str = "",
+        **attrs: Any,
+    ) -> Any:
+        """Append a node; returns its output name (or list of names when ``outputs`` is a count > 1 or a list)."""
+        base = hint or op_type.lower()
+        if isinstance(outputs, int):
+            outs = [self.fresh(f"{base}:{i}" if outputs > 1 else base) for i in range(outputs)]
+            single = outputs == 1
+        else:
+            outs, single = list(outputs), len(outputs) == 1
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(f"{base}/{op_type}"), domain=domain, **attrs)
+        self.nodes.append(node)
+        return outs[0] if single else outs
+
+    def cast(self, x: str, to: np.dtype | int, hint: str | None = None) -> str:
+        to_onnx = to if isinstance(to, int) else ONNX_DTYPE[np.dtype(to)]
+        return self.op("Cast", [x], hint or f"{x}.cast", to=to_onnx)
+
+    def to_float32(self, x: str) -> str:
+        """x in float32 (a Cast only when the export is float16)."""
+        return x if self.act == np.float32 else self.cast(x, np.float32)
+
+    def to_act(self, x: str) -> str:
+        """A float32 tensor in the activation dtype (a Cast only when the export is float16)."""
+        return x if self.act == np.float32 else self.cast(x, self.act)
+
+    # Initializers ---------------------------------------------------------------------------------------------
+    def init(self, name: str, array: np.ndarray) -> str:
+        """Add an initializer under exactly ``name`` (weights keep their checkpoint names)."""
+        if name in self._init_names:
+            raise ValueError(f"initializer {name!r} added twice")
+        self._init_names.add(name)
+        arr = np.ascontiguousarray(array)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        self.weight_bytes += arr.nbytes
+        return name
+
+    def weight(self, name: str, array: np.ndarray, dtype: np.dtype | None = None) -> str:
+        """A float weight cast to ``dtype`` (default: the activation dtype); added once (tied weights reuse it)."""
+        if name in self._weights:
+            return name
+        self._weights.add(name)
+        return self.init(name, np.asarray(array).astype(dtype or self.act))
+
+    def weight_t(self, name: str, array: np.ndarray, dtype: np.dtype | None = None) -> str:
+        """Add W (out, in) as initializer ``name`` and return ``Transpose(W)`` (in, out), built once per weight."""
+        if name not in self._transposed:
+            self.weight(name, array, dtype)
+            self._transposed[name] = self.op("Transpose", [name], f"{name}.T", perm=[1, 0])
+        return self._transposed[name]
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A small constant initializer (cached by value), e.g. ``g.const([-1], np.int64)``."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.tobytes(), arr.shape)
+        if key not in self._consts:
+            name = self.fresh(f"const.{arr.dtype.name}")
+            self._init_names.add(name)
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def fconst(self, value: Any, dtype: Any = None) -> str:
+        """A float constant in ``dtype`` (default the activation dtype)."""
+        return self.const(value, dtype or self.act)
+
+    # Inputs / outputs -----------------------------------------------------------------------------------------
+    def add_input(self, name: str, elem: int, shape: Sequence[int | str]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+        return name
+
+    def add_output(self, name: str, elem: int, shape: Sequence[int | str] | None) -> str:
+        self.outputs.append(helper.make_tensor_value_info(name, elem, None if shape is None else list(shape)))
+        return name
+
+    def make_graph(self, name: str, doc: str = "") -> onnx.GraphProto:
+        return helper.make_graph(
+            self.nodes, name, self.inputs, self.outputs, initializer=self.initializers, doc_string=doc
+        )

@@ -1,0 +1,311 @@
+"""Validate an exported model on a runtime against the float64 NumPy reference on the same inputs.
+
+Cases: single prompts of several lengths, a left-padded batch of 3, a cached decode run (prompt, then one token
+at a time through the runtime's own present -> past cache) when the graph has a cache, and a perplexity sample.
+
+Measures (all over real tokens only):
+
+- ``routing_agreement``: the share of (token, MoE layer) pairs whose set of selected experts is identical to the
+  reference's. The runtime's selection is read from the tensors ``routing.{l}.selected`` (B*T, E) that every
+  non-fused curmoe export computes (exact, whatever the router); for ``fused_moe`` exports, whose routing happens
+  inside com.microsoft.MoE, it is recomputed with ``curmoe.route`` from ``routing.{l}.logits``. When the file does
+  not output them already (export with ``routing_outputs=True`` to avoid this), a copy with the outputs added is
+  written next to the file and deleted afterwards (with external data the weights are shared; otherwise the copy
+  holds them too).
+- ``max_abs_err`` = max |z_rt - z_ref| over every logit of the sequences whose routing matched the reference in
+  every layer (a near-tie that flips an expert makes the two models compute different functions from that token
+  on, for that sequence and its later decode steps; such sequences are counted in ``diverged_sequences`` and
+  their errors reported in ``max_abs_err_all`` / ``max_rel_err_all``); ``max_rel_err`` = max_abs_err / max |z_ref|
+  (the largest reference logit over all cases, so the measure is scale-free).
+- perplexity parity on a token sample: ``ppl_rel_diff = |ppl_rt / ppl_ref - 1|`` (all tokens, flips included).
+
+Test inputs are random token ids (seeded); routing is not forced to be well separated, so agreement is reported as
+measured. ``passed`` applies :mod:`curmoe.runtimes.tolerances`: max_rel_err, routing_agreement and ppl_rel_diff
+within the export dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curmoe._errors import InvalidInputError, require
+from curmoe._gating import RouterConfig, route
+from curmoe._model import Model
+from curmoe.runtimes._registry import load
+from curmoe.runtimes.base import Session
+from curmoe.runtimes.generate import cache_layout, empty_cache
+from curmoe.runtimes.tolerances import tolerance_for
+
+__all__ = ["ValidationReport", "validate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of :func:`validate` (``to_dict`` gives JSON-safe values)."""
+
+    runtime: str
+    onnx_path: str
+    dtype: str
+    max_abs_err: float
+    max_rel_err: float
+    max_abs_err_all: float
+    max_rel_err_all: float
+    diverged_sequences: int
+    max_abs_ref: float
+    decode_max_abs_err: float | None
+    routing_agreement: float | None
+    routing_pairs: int
+    ppl_ref: float
+    ppl_runtime: float
+    ppl_rel_diff: float
+    passed: bool
+    failures: tuple[str, ...]
+    tolerance: dict[str, float]
+    cases: tuple[dict[str, Any], ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failures"], d["cases"] = list(self.failures), list(self.cases)
+        return d
+
+
+def _read_meta(path: Path) -> tuple[Any, dict[str, str], set[str], set[str]]:
+    onnx = require("onnx", "onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    produced = {o for n in proto.graph.node for o in n.output}
+    outputs = {o.name for o in proto.graph.output}
+    return proto, meta, produced, outputs
+
+
+def _with_routing_outputs(path: Path, proto: Any, model: Model) -> Path | None:
+    """A sibling copy of the ONNX file that also outputs the routing tensors, or None if it already does."""
+    onnx = require("onnx", "onnx")
+    produced = {o for n in proto.graph.node for o in n.output}
+    outputs = {o.name for o in proto.graph.output}
+    cfg = model.config
+    added = False
+    for l in range(cfg.n_layers):
+        if cfg.layer_type(l) != "moe":
+            continue
+        for name, elem in ((f"routing.{l}.selected", onnx.TensorProto.BOOL),
+                           (f"routing.{l}.logits", onnx.TensorProto.FLOAT)):
+            if name in produced and name not in outputs:
+                proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, ["tokens", cfg.moe.n_experts]))
+                added = True
+    if not added:
+        return None
+    tmp = path.parent / f".{path.stem}.validate-{uuid.uuid4().hex[:8]}.onnx"
+    onnx.save_model(proto, str(tmp))  # external data references stay relative to the same folder
+    return tmp
+
+
+def _selected_rt(res: dict[str, np.ndarray], l: int, router: RouterConfig, ids: np.ndarray, mask: np.ndarray,
+                 bias: np.ndarray | None, E: int) -> np.ndarray | None:
+    """(N_real, E) bool selection of the runtime for the real tokens (row-major order), or None."""
+    real = mask.reshape(-1).astype(bool)
+    if f"routing.{l}.selected" in res:
+        return res[f"routing.{l}.selected"].astype(bool)[real]
+    if f"routing.{l}.logits" not in res:
+        return None
+    z = res[f"routing.{l}.logits"].astype(np.float64).reshape(*mask.shape, E)
+    rows = []
+    for b in range(mask.shape[0]):
+        m = mask[b].astype(bool)
+        if m.any():
+            r = route(z[b, m], router, token_ids=ids[b, m], bias=bias, decoding=False)
+            rows.append(_selected_ref(r.experts, E))
+    return np.concatenate(rows) if rows else np.zeros((0, E), bool)
+
+
+def _selected_ref(experts: np.ndarray, E: int) -> np.ndarray:
+    sel = np.zeros((experts.shape[0], E), dtype=bool)
+    rows, slots = np.nonzero(experts >= 0)
+    sel[rows, experts[rows, slots]] = True
+    return sel
+
+
+class _Tally:
+    """Running maxima over the cases; errors split by whether the sequence's routing matched the reference."""
+
+    def __init__(self) -> None:
+        self.max_abs = self.max_abs_all = self.max_ref = 0.0
+        self.agree = self.pairs = self.diverged = 0
+        self.cases: list[dict[str, Any]] = []
+
+    def add(self, name: str, z_rt: np.ndarray, z_ref: np.ndarray, mask: np.ndarray, agree: int, pairs: int,
+            diverged: np.ndarray) -> float:
+        real = mask.astype(bool)
+        err = np.abs(z_rt.astype(np.float64) - z_ref).max(axis=-1)  # (B, T)
+        e_all = float(np.max(err[real], initial=0.0))
+        e_ok = float(np.max(err[real & ~diverged[:, None]], initial=0.0))
+        self.max_abs, self.max_abs_all = max(self.max_abs, e_ok), max(self.max_abs_all, e_all)
+        self.max_ref = max(self.max_ref, float(np.max(np.abs(z_ref[real]), initial=0.0)))
+        self.agree += agree
+        self.pairs += pairs
+        self.diverged += int(diverged.sum())
+        self.cases.append({"case": name, "shape": list(mask.shape), "max_abs_err": e_ok, "max_abs_err_all": e_all,
+                           "routing_agreement": agree / pairs if pairs else None,
+                           "diverged_sequences": int(diverged.sum())})
+        return e_ok
+
+
+def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
+    z = logits[:-1].astype(np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[:, 0]
+    return float(np.mean(lse - z[np.arange(len(z)), ids[1:]]))
+
+
+def validate(
+    onnx_path: str | os.PathLike[str],
+    model: Model,
+    runtime: str = "onnxruntime:cpu",
+    *,
+    prompt_lengths: tuple[int, ...] = (1, 7, 24),
+    batch_lengths: tuple[int, ...] = (9, 4, 1),
+    decode_steps: int = 6,
+    sample_ids: np.ndarray | None = None,
+    seed: int = 0,
+    **session_options: Any,
+) -> ValidationReport:
+    """Compare ``onnx_path`` run on ``runtime`` with the float64 reference ``model`` (the model it was exported from).
+
+    Args:
+        onnx_path: an exported curmoe ONNX file.
+        model: the :class:`curmoe.Model` it was exported from (run as the float64 oracle).
+        runtime: a registry name (``curmoe.runtimes.available()``).
+        prompt_lengths: lengths of the single-sequence prompts.
+        batch_lengths: real lengths of the left-padded batch (one sequence each).
+        decode_steps: cached decode steps after a padded 2-sequence prompt (0 to skip; skipped without a cache).
+        sample_ids: (L,) token ids for the perplexity parity (None: min(64, max_seq_len) random ids).
+        seed: seed of the random prompts.
+        session_options: passed to :func:`curmoe.runtimes.load` (threads, optimization, ...).
+    """
+    path = Path(onnx_path)
+    if not isinstance(model, Model):
+        raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
+    if not path.is_file():
+        raise InvalidInputError(f"ONNX file {str(path)!r} does not exist; export one with curmoe.exporters.export")
+    proto, meta, _, _ = _read_meta(path)
+    cfg = model.config
+    if "curmoe.config" in meta and json.loads(meta["curmoe.config"]) != json.loads(cfg.to_json()):
+        raise InvalidInputError(
+            f"{str(path)!r} was exported from a different model config than the one passed; pass the model it "
+            "was exported from (compare metadata 'curmoe.config')"
+        )
+    export = json.loads(meta.get("curmoe.export", "{}"))
+    dtype = export.get("dtype", "float32")
+    tol = tolerance_for(dtype)
+    aug = _with_routing_outputs(path, proto, model)
+    del proto
+    try:
+        sess = load(aug or path, runtime, **session_options)
+        report = _run_cases(sess, model, runtime, path, dtype, tol, prompt_lengths, batch_lengths, decode_steps,
+                            sample_ids, seed)
+    finally:
+        if aug is not None:
+            aug.unlink(missing_ok=True)
+    return report
+
+
+def _run_cases(sess: Session, model: Model, runtime: str, path: Path, dtype: str, tol: Any,
+               prompt_lengths: tuple[int, ...], batch_lengths: tuple[int, ...], decode_steps: int,
+               sample_ids: np.ndarray | None, seed: int) -> ValidationReport:
+    cfg = model.config
+    ref = model.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    V, E = cfg.vocab_size, cfg.moe.n_experts
+    moe_layers = [l for l in range(cfg.n_layers) if cfg.layer_type(l) == "moe"]
+    cached = bool(cache_layout(sess))
+    tally = _Tally()
+
+    def compare(name: str, ids: np.ndarray, mask: np.ndarray, res: dict[str, np.ndarray], out: Any,
+                diverged: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """Tally one run; returns (max abs error over agreeing sequences, per-sequence diverged flags)."""
+        agree = pairs = 0
+        seq = np.nonzero(mask)[0]  # the sequence of each real token, in the reference's (row-major) order
+        ok = np.ones(seq.shape[0], dtype=bool)
+        for l in moe_layers:
+            rt = _selected_rt(res, l, cfg.moe.router, ids, mask, ref.tensors.get(f"layers.{l}.router.bias"), E)
+            if rt is None:
+                continue
+            rsel = np.concatenate([_selected_ref(r.experts, E) for r in out.routings[l]] or [np.zeros((0, E), bool)])
+            same = np.all(rt == rsel, axis=1)
+            ok &= same
+            agree += int(same.sum())
+            pairs += rsel.shape[0]
+        div = np.zeros(mask.shape[0], dtype=bool) if diverged is None else diverged.copy()
+        div[seq[~ok]] = True  # an expert flipped: from here on the sequence computes a different function
+        return tally.add(name, res["logits"], out.logits, mask, agree, pairs, div), div
+
+    def feeds(ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {"input_ids": ids, "attention_mask": mask} | (empty_cache(sess, ids.shape[0]) if cached else {})
+
+    for T in prompt_lengths:
+        ids = rng.integers(0, V, size=(1, T))
+        mask = np.ones_like(ids)
+        compare(f"prompt T={T}", ids, mask, sess.run(feeds(ids, mask)), ref.run(ids, attention_mask=mask))
+    if batch_lengths:
+        T = max(batch_lengths)
+        ids = rng.integers(0, V, size=(len(batch_lengths), T))
+        mask = np.array([[0] * (T - n) + [1] * n for n in batch_lengths], dtype=np.int64)
+        compare(f"left-padded batch lengths={list(batch_lengths)}", ids, mask, sess.run(feeds(ids, mask)),
+                ref.run(ids, attention_mask=mask))
+    decode_err = None
+    if cached and decode_steps > 0:
+        ids = rng.integers(0, V, size=(2, 5))
+        mask = np.array([[1] * 5, [0, 0, 1, 1, 1]], dtype=np.int64)
+        cache = ref.new_cache()
+        res = sess.run(feeds(ids, mask))
+        _, div = compare("decode prefill", ids, mask, res, ref.run(ids, attention_mask=mask, cache=cache))
+        full_mask = mask
+        decode_err = 0.0
+        for step in range(decode_steps):
+            tok = rng.integers(0, V, size=(2, 1))
+            one = np.ones_like(tok)
+            full_mask = np.concatenate([full_mask, one], axis=1)
+            past = {n: res["present" + n[len("past"):]] for n, _, _ in cache_layout(sess)}
+            res = sess.run({"input_ids": tok, "attention_mask": full_mask} | past)
+            out = ref.run(tok, attention_mask=one, cache=cache)
+            err, div = compare(f"decode step {step + 1}", tok, one, res, out, div)
+            decode_err = max(decode_err, err)
+    sample = (rng.integers(0, V, size=min(64, cfg.max_seq_len)) if sample_ids is None
+              else np.asarray(sample_ids, dtype=np.int64).reshape(-1))
+    if sample.size < 2:
+        raise InvalidInputError(f"sample_ids has {sample.size} token(s); pass at least 2 for a perplexity")
+    ids, mask = sample[None], np.ones((1, sample.size), np.int64)
+    res, out = sess.run(feeds(ids, mask)), ref.run(ids, attention_mask=mask)
+    compare(f"perplexity sample L={sample.size}", ids, mask, res, out)
+    ppl_rt, ppl_ref = float(np.exp(_nll(res["logits"][0], sample))), float(np.exp(_nll(out.logits[0], sample)))
+
+    max_rel = tally.max_abs / tally.max_ref if tally.max_ref > 0 else tally.max_abs
+    max_rel_all = tally.max_abs_all / tally.max_ref if tally.max_ref > 0 else tally.max_abs_all
+    agreement = tally.agree / tally.pairs if tally.pairs else None
+    ppl_rel = abs(ppl_rt / ppl_ref - 1.0)
+    failures = []
+    if not max_rel <= tol.max_rel_err:
+        failures.append(f"max_rel_err={max_rel:.3g} > {tol.max_rel_err:g}")
+    if agreement is not None and not agreement >= tol.routing_agreement:
+        failures.append(f"routing_agreement={agreement:.4f} < {tol.routing_agreement:g}")
+    if not ppl_rel <= tol.ppl_rel:
+        failures.append(f"|ppl_rt/ppl_ref - 1|={ppl_rel:.3g} > {tol.ppl_rel:g}")
+    return ValidationReport(
+        runtime=runtime, onnx_path=str(path), dtype=dtype, max_abs_err=tally.max_abs, max_rel_err=max_rel,
+        max_abs_err_all=tally.max_abs_all, max_rel_err_all=max_rel_all, diverged_sequences=tally.diverged,
+        max_abs_ref=tally.max_ref, decode_max_abs_err=decode_err, routing_agreement=agreement,
+        routing_pairs=tally.pairs, ppl_ref=ppl_ref, ppl_runtime=ppl_rt, ppl_rel_diff=ppl_rel,
+        passed=not failures, failures=tuple(failures), tolerance=tol.to_dict(), cases=tuple(tally.cases),
+        info=sess.info().to_dict(),
+    )
