@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 __all__ = ["main"]
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -127,6 +129,176 @@ def _info(args: argparse.Namespace) -> int:
 
 
 _info.configure = _configure_info  # type: ignore[attr-defined]
+
+
+# export -----------------------------------------------------------------------------------------------------
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir")
+    p.add_argument("--format", choices=["onnx", "openvino", "coreml"], default="onnx")
+    p.add_argument("--dispatch", choices=["sparse", "dense"], default="sparse")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--fold-u", action="store_true", help="fold CUR's U into C in the graph")
+    p.add_argument("--no-cache", action="store_true", help="full-sequence graph without KV cache inputs")
+    p.add_argument("--fused-moe", action="store_true", help="ORT com.microsoft.MoE for dense experts")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--json", action="store_true")
+
+
+@command("export", "export a model (ONNX with factorised experts; OpenVINO IR; Core ML)")
+def _export(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    import curmoe
+    from curmoe.exporters import OnnxExportConfig, export
+
+    model = curmoe.load(args.model_dir)
+    out = Path(args.output)
+    cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
+                           with_cache=not args.no_cache, fused_moe=args.fused_moe)
+    if args.format == "onnx":
+        path = export(model, cfg, out)
+    elif args.format == "openvino":
+        from curmoe.exporters.openvino_export import export_openvino_ir
+
+        onnx_path = export(model, cfg, out.with_suffix(".onnx"))
+        path = export_openvino_ir(onnx_path, out.with_suffix(".xml"))
+    else:
+        from curmoe.exporters.coreml_export import CoreMLExportConfig, export_coreml
+
+        path = export_coreml(model, CoreMLExportConfig(dtype=args.dtype), out)
+    tok = out.parent / "tokenizer.json"
+    if model.tokenizer_path is not None and not tok.exists():
+        shutil.copyfile(model.tokenizer_path, tok)  # so eval/generate on the file find the tokenizer
+    _emit({"output": str(path), "format": args.format, "dispatch": args.dispatch, "dtype": args.dtype},
+          args.json, lambda r: f"wrote {r['output']} ({r['format']}, {r['dispatch']} dispatch, {r['dtype']})")
+    return 0
+
+
+_export.configure = _configure_export  # type: ignore[attr-defined]
+
+
+# validate ---------------------------------------------------------------------------------------------------
+def _configure_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="an exported model file")
+    p.add_argument("--model", required=True, help="the curmoe model directory it was exported from")
+    p.add_argument("--runtime", default="onnxruntime:cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("validate", "run an exported model on a runtime and compare it with the NumPy float64 reference")
+def _validate(args: argparse.Namespace) -> int:
+    import curmoe
+    from curmoe.runtimes import validate
+
+    rep = validate(args.file, curmoe.load(args.model), args.runtime, threads=args.threads).to_dict()
+    rep.pop("cases", None)
+    _emit(rep, args.json, lambda r: (
+        f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "
+        f"max_rel_err {r['max_rel_err']:.3g}, routing agreement {r['routing_agreement']}, "
+        f"ppl {r['ppl_runtime']:.4f} vs reference {r['ppl_ref']:.4f}"
+        + (f"\nfailures: {r['failures']}" if r["failures"] else "")))
+    return 0 if rep["passed"] else 1
+
+
+_validate.configure = _configure_validate  # type: ignore[attr-defined]
+
+
+def _open(path: str, runtime: str | None, threads: int | None = None) -> Any:
+    """A model directory opens on the reference runtime by default; a file on ONNX Runtime CPU."""
+    from pathlib import Path
+
+    from curmoe.runtimes import load
+
+    default = "reference" if Path(path).is_dir() else "onnxruntime:cpu"
+    return load(path, runtime or default, threads=threads)
+
+
+# eval -------------------------------------------------------------------------------------------------------
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model directory (reference) or an exported file (with --runtime)")
+    p.add_argument("--runtime", default=None, help="default: reference for a directory, onnxruntime:cpu for a file")
+    p.add_argument("--dataset", choices=["wikitext2"], default="wikitext2")
+    p.add_argument("--split", choices=["valid", "test", "train"], default="valid")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--context", type=int, default=None, help="window length (default: the model's max_seq_len)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: non-overlapping)")
+    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens (stated in output)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("eval", "perplexity (token and word level) on WikiText-2 through the reference or a runtime")
+def _eval(args: argparse.Namespace) -> int:
+    from curmoe.runtimes.evaluate import evaluate_wikitext2, find_tokenizer
+
+    sess = _open(args.model, args.runtime, args.threads)
+    res = evaluate_wikitext2(sess, find_tokenizer(args.model, args.tokenizer), split=args.split,
+                             data_dir=args.data_dir, context=args.context, stride=args.stride,
+                             max_tokens=args.max_tokens, progress=not args.json)
+    out = res.to_dict() | {"runtime": sess.info().to_dict(), "model": args.model}
+    _emit(out, args.json, lambda r: (
+        f"{r['model']} on {r['runtime']['name']}: ppl_token {r['ppl_token']:.3f}, ppl_word {r['ppl_word']:.3f} "
+        f"({r['tokens']} tokens scored)\nprotocol: {json.dumps(r['protocol'])}"))
+    return 0
+
+
+_eval.configure = _configure_eval  # type: ignore[attr-defined]
+
+
+# generate ---------------------------------------------------------------------------------------------------
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("--runtime", default=None)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("generate", "generate text with a KV cache on any runtime")
+def _generate(args: argparse.Namespace) -> int:
+    from curmoe.models.tokenizer import load_tokenizer
+    from curmoe.runtimes import generate
+    from curmoe.runtimes.evaluate import find_tokenizer, session_config
+
+    sess = _open(args.model, args.runtime)
+    tok = load_tokenizer(find_tokenizer(args.model, args.tokenizer))
+    prompt = tok.encode(args.prompt, add_special_tokens=False).ids
+    cfg = session_config(sess)
+    out = generate(sess, np.asarray(prompt or [cfg.eos_token_id or 0], np.int64), args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, eos_token_id=cfg.eos_token_id)
+    text = tok.decode(out[len(prompt):].tolist())
+    _emit({"prompt": args.prompt, "completion": text, "runtime": sess.info().name}, args.json,
+          lambda r: r["prompt"] + " " + r["completion"])
+    return 0
+
+
+_generate.configure = _configure_generate  # type: ignore[attr-defined]
+
+
+# runtimes ---------------------------------------------------------------------------------------------------
+def _configure_runtimes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+@command("runtimes", "list the runtimes and devices usable on this machine")
+def _runtimes(args: argparse.Namespace) -> int:
+    from curmoe.runtimes import available, names
+
+    avail = dict(available())
+    rows = [{"name": n, "available": n in avail, "devices": avail.get(n, [])} for n in names()]
+    _emit({"runtimes": rows}, args.json, lambda r: "\n".join(
+        f"{x['name']:<24} {'yes' if x['available'] else 'no ':<4} {', '.join(x['devices'])}" for x in r["runtimes"]))
+    return 0
+
+
+_runtimes.configure = _configure_runtimes  # type: ignore[attr-defined]
 
 
 # demo -------------------------------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ for _t in ("cpu", "cuda", "tensorrt", "rocm", "migraphx", "openvino", "coreml", 
 for _t in ("cpu", "gpu", "npu", "auto"):
     register(f"openvino:{_t}", RuntimeEntry("curmoe.runtimes.openvino", "openvino", "openvino", _t.upper()))
 register("coreml", RuntimeEntry("curmoe.runtimes.coreml", "coremltools", "coreml", "all"))
+# The NumPy reference behind the same interface (reads a model directory, not an exported file).
+register("reference", RuntimeEntry("curmoe.runtimes.reference", "numpy", "test", "native"))
+register("reference:float64", RuntimeEntry("curmoe.runtimes.reference", "numpy", "test", "float64"))
 
 
 def names() -> list[str]:
@@ -75,7 +78,10 @@ def load(path: str | os.PathLike[str], runtime: str = "onnxruntime:cpu", **optio
     """
     mod = _adapter(runtime)
     p = Path(path)
-    if not p.is_file():
+    if runtime.startswith("reference"):
+        if not p.is_dir():
+            raise CheckpointError(f"runtime {runtime!r} reads a curmoe model directory; {str(p)!r} is not one")
+    elif not p.is_file():
         raise CheckpointError(f"model file {str(p)!r} does not exist; export one with curmoe.exporters.export")
     return mod.load(p, _entry(runtime).target, name=runtime, **options)
 
