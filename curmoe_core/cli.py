@@ -304,23 +304,37 @@ _runtimes.configure = _configure_runtimes  # type: ignore[attr-defined]
 # demo -------------------------------------------------------------------------------------------------------
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", default="1024x2816", help="matrix shape (out x in) of the decomposition demo")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped models/wt2-moe-8x)")
+    p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
+    p.add_argument("--max-eval-tokens", type=int, default=None, help="score only the first N valid tokens")
+    p.add_argument("--skip-decompositions", action="store_true")
     p.add_argument("--json", action="store_true")
 
 
 @command("demo", "the main job: decompositions side by side, then the shipped model compressed and evaluated")
 def _demo(args: argparse.Namespace) -> int:
-    from curmoe._demo import decomposition_demo
+    from pathlib import Path
 
-    m, n = (int(v) for v in args.shape.lower().split("x"))
+    from curmoe._demo import decomposition_demo, format_model_demo, model_demo, shipped_model_dir
+
     say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
-    say(f"[1] decompositions of one {m}x{n} weight (power-law spectrum + noise; 4096 anisotropic activations)")
-    out = {"decompositions": decomposition_demo(m, n, say=say)}
+    out: dict[str, Any] = {}
+    if not args.skip_decompositions:
+        m, n = (int(v) for v in args.shape.lower().split("x"))
+        say(f"[1] decompositions of one {m}x{n} weight (power-law spectrum + noise; 4096 anisotropic activations)")
+        out["decompositions"] = decomposition_demo(m, n, say=say)
+        say(out["decompositions"]["table"])
+        say("times are wall-clock on this machine, measured in one run; speed-up is relative to the poster's "
+            "'seed' CUR at the same ratio. Errors: ||W - W'||_F / ||W||_F and ||(W - W') X^T||_F / ||W X^T||_F.")
+    model_dir = Path(args.model) if args.model else shipped_model_dir()
+    if (model_dir / "config.json").is_file():
+        say(f"[2] {model_dir}: compress -> export ONNX -> validate on every runtime -> perplexity -> generate")
+        out["model"] = model_demo(model_dir, data_dir=args.data_dir, max_eval_tokens=args.max_eval_tokens, say=say)
+        say(format_model_demo(out["model"]))
+    else:
+        say(f"[2] skipped: no model at {model_dir}")
     if args.json:
         print(json.dumps(out, default=str))
-    else:
-        print(out["decompositions"]["table"])
-        print("times are wall-clock on this machine, measured in one run; speed-up is relative to the poster's "
-              "'seed' CUR at the same ratio. Errors: ||W - W'||_F / ||W||_F and ||(W - W') X^T||_F / ||W X^T||_F.")
     return 0
 
 
