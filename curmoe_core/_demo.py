@@ -87,7 +87,8 @@ def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7),
         say(f"compressing: activation-aware CUR (DEIM), {int(100 * r)}% of expert parameters")
         models[f"cur{int(100 * r)}"] = curmoe.compress(dense, curmoe.CURConfig(ratio=r, activation_aware=True),
                                                         calib_ids=calib, progress=False)
-    runtimes = [n for n, _ in available() if not n.startswith("reference")]
+    # every runtime usable here, except the reference itself and aliases of one device (openvino:auto = cpu here)
+    runtimes = [n for n, _ in available() if not n.startswith(("reference", "coreml")) and n != "openvino:auto"]
     rows = []
     for name, m in models.items():
         mdir = m.save(work / name)
@@ -105,6 +106,18 @@ def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7),
                                          ("passed", "max_abs_err", "max_rel_err", "routing_agreement", "ppl_rel_diff")}
             except curmoe.CurmoeError as e:  # a runtime that cannot take this graph: say so, go on
                 row["validation"][rt] = {"passed": False, "error": str(e)}
+        if "openvino:cpu" in runtimes:  # the faster precision is an explicit option: report what it does to routing
+            try:
+                from curmoe.runtimes import load as rt_load
+
+                rep = validate(onnx_path, m, "openvino:cpu", precision="bf16")
+                row["validation"]["openvino:cpu bf16"] = {k: rep.to_dict()[k] for k in
+                                                         ("passed", "max_abs_err", "max_rel_err", "routing_agreement",
+                                                          "ppl_rel_diff")}
+                row["openvino_moe_fusion"] = rt_load(onnx_path, "openvino:cpu").moe_fusion()["fused"]
+            except curmoe.CurmoeError as e:
+                row["validation"]["openvino:cpu bf16"] = {"passed": False, "error": str(e)}
+        row["coreml"] = _coreml_check(m, work / f"{name}.mlpackage", say)
         sess = load(onnx_path, "onnxruntime:cpu")
         say(f"perplexity of {name}")
         if have_data:
@@ -121,6 +134,26 @@ def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7),
         del mdir
     return {"model_dir": str(model_dir), "calibration": calib_src, "runtimes": runtimes, "rows": rows,
             "eval_split": "wikitext2:valid" if have_data else "built-in sample (not WikiText-2)", "workdir": str(work)}
+
+
+def _coreml_check(m: Any, pkg: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """Export Core ML and validate it: real prediction on macOS, NumPy evaluation of the MIL program elsewhere."""
+    import importlib.util
+
+    if importlib.util.find_spec("coremltools") is None:
+        return {"skipped": "coremltools is not installed (pip install 'curmoe[coreml]')"}
+    from curmoe.exporters import export
+    from curmoe.exporters.coreml_export import CoreMLExportConfig
+    from curmoe.runtimes.coreml import can_predict, validate_coreml
+
+    say(f"Core ML export and check of {pkg.stem}")
+    path = export(m, CoreMLExportConfig(), pkg)
+    runtime = "coreml" if can_predict() else "coreml:mil"
+    rep = validate_coreml(path, m, runtime)
+    d = rep.to_dict()
+    return {"runtime": runtime, "passed": d["passed"], "max_rel_err": d["max_rel_err"],
+            "routing_agreement": d["routing_agreement"],
+            "apple_kernels_run": bool(d["info"].get("extra", {}).get("apple_kernels_run", can_predict()))}
 
 
 def format_model_demo(out: dict[str, Any]) -> str:
@@ -140,6 +173,23 @@ def format_model_demo(out: dict[str, Any]) -> str:
                        f"{v.get('routing_agreement') or 0:.3f}" if "error" not in v else f"ERROR {v['error'][:60]}")
         lines.append(f"| {r['model']} | {ex} | {al} | {r['ppl']['ppl_token']:.2f} | {r['ppl']['ppl_word']:.2f} | "
                      + " | ".join(val) + " |")
+    for r in out["rows"]:
+        extra = []
+        if "openvino:cpu bf16" in r["validation"]:
+            v = r["validation"]["openvino:cpu bf16"]
+            extra.append(f"OpenVINO CPU bf16 (explicit option): max rel err {v.get('max_rel_err', float('nan')):.1e}, "
+                         f"routing agreement {v.get('routing_agreement') or 0:.3f}; MoE fused by OpenVINO: "
+                         f"{r.get('openvino_moe_fusion')}")
+        c = r.get("coreml", {})
+        if "skipped" in c:
+            extra.append(f"Core ML: skipped ({c['skipped']})")
+        elif c:
+            extra.append(f"Core ML ({c['runtime']}): {'PASS' if c['passed'] else 'FAIL'}, max rel err "
+                         f"{c['max_rel_err']:.1e}, routing {c['routing_agreement'] or 0:.3f}"
+                         + ("" if c["apple_kernels_run"] else " -- MIL program evaluated with NumPy; Apple's kernels "
+                            "were NOT run (Core ML predicts only on macOS)"))
+        if extra:
+            lines.append(f"{r['model']}: " + "; ".join(extra))
     lines.append("")
     for r in out["rows"]:
         for s in r["samples"]:

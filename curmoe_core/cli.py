@@ -164,9 +164,9 @@ def _export(args: argparse.Namespace) -> int:
         onnx_path = export(model, cfg, out.with_suffix(".onnx"))
         path = export_openvino_ir(onnx_path, out.with_suffix(".xml"))
     else:
-        from curmoe.exporters.coreml_export import CoreMLExportConfig, export_coreml
+        from curmoe.exporters.coreml_export import CoreMLExportConfig
 
-        path = export_coreml(model, CoreMLExportConfig(dtype=args.dtype), out)
+        path = export(model, CoreMLExportConfig(dtype=args.dtype), out.with_suffix(".mlpackage"))
     tok = out.parent / "tokenizer.json"
     if model.tokenizer_path is not None and not tok.exists():
         shutil.copyfile(model.tokenizer_path, tok)  # so eval/generate on the file find the tokenizer

@@ -21,19 +21,45 @@ def export(model: Any, config: OnnxExportConfig, path: str | os.PathLike[str]) -
 
     Args:
         model: a dense or compressed :class:`curmoe.Model`.
-        config: an :class:`OnnxExportConfig` (ONNX is the only format so far).
-        path: the output file (``.onnx``); with external data a ``<name>.onnx.data`` file is written next to it.
+        config: an :class:`OnnxExportConfig` (ONNX) or a :class:`CoreMLExportConfig` (Core ML ML Program).
+        path: the output file (``.onnx``; with external data a ``<name>.onnx.data`` file is written next to it),
+            or the ``.mlpackage`` directory for Core ML.
 
     Raises:
         curmoe.InvalidInputError: bad config, path or a model the exporter cannot express.
         curmoe.DecodingNotSupportedError: a KV-cache graph was asked for a non-causal (expert_choice) router.
-        curmoe.MissingExtraError: onnx is not installed (``pip install 'curmoe[onnx]'``).
+        curmoe.MissingExtraError: onnx is not installed (``pip install 'curmoe[onnx]'``), or coremltools for
+            Core ML (``pip install 'curmoe[coreml]'``).
     """
     if isinstance(config, OnnxExportConfig):
         require("onnx", "onnx")
         from curmoe.exporters.onnx_export import export_onnx
 
         return export_onnx(model, config, path)
+    if isinstance(config, CoreMLExportConfig):  # issue 6: Core ML ML Program (.mlpackage)
+        require("coremltools", "coreml")
+        from curmoe.exporters.coreml_export import export_coreml
+
+        return export_coreml(model, config, path)
     raise InvalidInputError(
-        f"config must be an OnnxExportConfig (the only export format so far), got {type(config).__name__}"
+        f"config must be an OnnxExportConfig or a CoreMLExportConfig, got {type(config).__name__}"
     )
+
+
+# --- OpenVINO IR and Core ML (issue 6) ---
+from curmoe.exporters._mil_config import CoreMLExportConfig  # noqa: E402
+
+__all__ += ["CoreMLExportConfig", "export_openvino_ir"]
+
+
+def export_openvino_ir(onnx_path: str | os.PathLike[str], out_xml: str | os.PathLike[str], **options: Any) -> Path:
+    """Convert a curmoe ONNX export to OpenVINO IR (.xml + .bin); see
+    :func:`curmoe.exporters.openvino_export.export_openvino_ir` (options: compress_to_fp16, routing_outputs).
+
+    Raises:
+        curmoe.MissingExtraError: openvino is not installed (``pip install 'curmoe[openvino]'``).
+    """
+    require("openvino", "openvino")
+    from curmoe.exporters.openvino_export import export_openvino_ir as _export_ir
+
+    return _export_ir(onnx_path, out_xml, **options)

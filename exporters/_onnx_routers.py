@@ -56,8 +56,11 @@ def _capacity(g: GraphBuilder, ctx: Context, cf: float, k: int, E: int, p: str, 
         return n_b
     fr = Fraction(repr(float(cf)))
     num, den = fr.numerator * k, fr.denominator * E
-    cap = g.op("Div", [g.op("Add", [g.op("Mul", [n_b, g.const(num)], f"{p}.cap_num"), g.const(den - 1)],
-                            f"{p}.cap_ceil"), g.const(den)], f"{p}.capacity")
+    x = g.op("Add", [g.op("Mul", [n_b, g.const(num)], f"{p}.cap_num"), g.const(den - 1)], f"{p}.cap_ceil")
+    # Divide the exact multiple x - x mod den, so the quotient is exact whatever rounding a runtime's integer
+    # Div uses (OpenVINO's CPU plugin fuses Add -> Div into the ReduceSum and rounds: 27 div 4 gave 7, not 6).
+    x = g.op("Sub", [x, g.op("Mod", [x, g.const(den)], f"{p}.cap_rem")], f"{p}.cap_exact")
+    cap = g.op("Div", [x, g.const(den)], f"{p}.capacity")
     return g.op("Min", [cap, n_b], f"{p}.capacity_clipped") if clip else cap
 
 

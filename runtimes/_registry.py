@@ -39,8 +39,9 @@ def register(name: str, entry: RuntimeEntry) -> None:
 for _t in ("cpu", "cuda", "tensorrt", "rocm", "migraphx", "openvino", "coreml", "dml"):
     register(f"onnxruntime:{_t}", RuntimeEntry("curmoe.runtimes.ort", "onnxruntime", "ort", _t))
 for _t in ("cpu", "gpu", "npu", "auto"):
-    register(f"openvino:{_t}", RuntimeEntry("curmoe.runtimes.openvino", "openvino", "openvino", _t.upper()))
-register("coreml", RuntimeEntry("curmoe.runtimes.coreml", "coremltools", "coreml", "all"))
+    register(f"openvino:{_t}", RuntimeEntry("curmoe.runtimes.ov", "openvino", "openvino", _t.upper()))
+register("coreml", RuntimeEntry("curmoe.runtimes.coreml", "coremltools", "coreml", "all"))  # Core ML itself (macOS)
+register("coreml:mil", RuntimeEntry("curmoe.runtimes.coreml", "coremltools", "coreml", "mil"))  # NumPy MIL evaluation
 # The NumPy reference behind the same interface (reads a model directory, not an exported file).
 register("reference", RuntimeEntry("curmoe.runtimes.reference", "numpy", "test", "native"))
 register("reference:float64", RuntimeEntry("curmoe.runtimes.reference", "numpy", "test", "float64"))
@@ -81,7 +82,7 @@ def load(path: str | os.PathLike[str], runtime: str = "onnxruntime:cpu", **optio
     if runtime.startswith("reference"):
         if not p.is_dir():
             raise CheckpointError(f"runtime {runtime!r} reads a curmoe model directory; {str(p)!r} is not one")
-    elif not p.is_file():
+    elif not (p.is_file() or (p.is_dir() and p.suffix == ".mlpackage")):  # a Core ML package is a directory
         raise CheckpointError(f"model file {str(p)!r} does not exist; export one with curmoe.exporters.export")
     return mod.load(p, _entry(runtime).target, name=runtime, **options)
 

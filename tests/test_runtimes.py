@@ -1,7 +1,12 @@
-"""Runtimes: the registry and its errors, the ONNX Runtime adapter, validate() and generate()."""
+"""Runtimes: the registry and its errors, the ONNX Runtime adapter, validate() and generate().
+
+The validate / generate cases run on every runtime installed here that reads the ONNX export (the ``rt`` fixture:
+onnxruntime:cpu, openvino:cpu); adapter-specific tests live in tests/test_openvino.py and tests/test_coreml.py.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -19,6 +24,25 @@ from curmoe.runtimes.ort import PROVIDERS  # noqa: E402
 from curmoe.runtimes.tolerances import TOLERANCES, tolerance_for  # noqa: E402
 from tests.babies import baby_model, random_ids  # noqa: E402
 from tests.test_onnx_export import VARIANTS, compressed  # noqa: E402
+
+
+#: registry names of the runtimes that run the curmoe ONNX export on this machine's CPU
+SHARED_RUNTIMES = [
+    "onnxruntime:cpu",
+    pytest.param("openvino:cpu", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                           reason="openvino is not installed")),
+]
+
+
+@pytest.fixture(params=SHARED_RUNTIMES)
+def rt(request) -> str:
+    """The same test case once per runtime."""
+    return request.param
+
+
+def options(rt: str, **ort_options) -> dict:
+    """Session options that only ONNX Runtime has (OpenVINO has no optimisation levels)."""
+    return ort_options if rt.startswith("onnxruntime") else {}
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +64,13 @@ def test_registered_names():
         assert n in names
 
 
-@pytest.mark.parametrize("name", ["openvino:cpu", "coreml"])
-def test_unwritten_adapters_say_so(dense, name):
+def test_unwritten_adapters_say_so(dense, monkeypatch):
+    from curmoe.runtimes import _registry
+
+    monkeypatch.setitem(_registry.REGISTRY, "future:npu",
+                        _registry.RuntimeEntry("curmoe.runtimes.no_such_adapter", "numpy", "test", "npu"))
     with pytest.raises((curmoe.CurmoeError, curmoe.MissingExtraError), match="not implemented|pip install"):
-        load(dense[1], name)
+        load(dense[1], "future:npu")
 
 
 def test_missing_sdk_names_the_extra(dense, monkeypatch):
@@ -105,10 +132,10 @@ def test_session_runs_and_reports(dense):
 
 
 # validate -------------------------------------------------------------------------------------------------------
-def test_validate_dense_passes(dense):
+def test_validate_dense_passes(dense, rt):
     model, path = dense
     files = sorted(p.name for p in path.parent.iterdir())
-    r = validate(path, model, "onnxruntime:cpu")
+    r = validate(path, model, rt)
     assert r.passed, r.failures
     assert r.max_rel_err <= TOLERANCES["float32"].max_rel_err and r.routing_agreement == 1.0
     assert r.routing_pairs > 0 and r.decode_max_abs_err is not None and r.diverged_sequences == 0
@@ -121,10 +148,10 @@ def test_validate_dense_passes(dense):
 
 
 @pytest.mark.parametrize("method, dtype", [("cur", "float32"), ("svd", "float16")])
-def test_validate_compressed(tmp_path, method, dtype):
+def test_validate_compressed(tmp_path, method, dtype, rt):
     model = compressed(baby_model(**VARIANTS["sigmoid_bias"]), method)
     p = export(model, OnnxExportConfig(dtype=dtype), tmp_path / "c.onnx")
-    r = validate(p, model, optimization="disable")
+    r = validate(p, model, rt, **options(rt, optimization="disable"))
     assert r.dtype == dtype and r.passed, r.failures
     assert r.routing_agreement >= tolerance_for(dtype).routing_agreement
 
@@ -136,18 +163,18 @@ def test_validate_fused_recomputes_routing_from_logits(tmp_path):
     assert r.passed and r.routing_pairs > 0 and r.routing_agreement == 1.0
 
 
-def test_validate_expert_choice_without_cache(tmp_path):
+def test_validate_expert_choice_without_cache(tmp_path, rt):
     model = baby_model(router=dict(kind="expert_choice", top_k=2))
     p = export(model, OnnxExportConfig(with_cache=False), tmp_path / "e.onnx")
-    r = validate(p, model)
+    r = validate(p, model, rt)
     assert r.passed and r.decode_max_abs_err is None
 
 
-def test_validate_catches_a_wrong_export(dense):
+def test_validate_catches_a_wrong_export(dense, rt):
     model, path = dense
     t = dict(model.tensors)
     t["layers.1.attn.o.weight"] = t["layers.1.attn.o.weight"] * 1.01  # same config, different numbers
-    r = validate(path, curmoe.Model(model.config, t, model.experts))
+    r = validate(path, curmoe.Model(model.config, t, model.experts), rt)
     assert not r.passed and any("max_rel_err" in f for f in r.failures)
 
 
@@ -170,19 +197,19 @@ def reference_greedy(model, prompt, n):
     return np.array(seq)
 
 
-def test_greedy_generation_matches_reference(dense, tmp_path):
+def test_greedy_generation_matches_reference(dense, tmp_path, rt):
     model, path = dense
     prompt = random_ids(model, 1, 4)[0]
     want = reference_greedy(model.astype(np.float64), prompt, 8)
-    s = load(path)
+    s = load(path, rt)
     np.testing.assert_array_equal(generate(s, prompt, 8), want)
-    nocache = load(export(model, OnnxExportConfig(with_cache=False), tmp_path / "nc.onnx"))
+    nocache = load(export(model, OnnxExportConfig(with_cache=False), tmp_path / "nc.onnx"), rt)
     np.testing.assert_array_equal(generate(nocache, prompt, 8), want)
 
 
-def test_generation_batch_left_padded_matches_single(dense):
+def test_generation_batch_left_padded_matches_single(dense, rt):
     model, path = dense
-    s = load(path)
+    s = load(path, rt)
     a, b = random_ids(model, 1, 5, seed=2)[0], random_ids(model, 1, 3, seed=3)[0]
     batch = np.stack([a, np.concatenate([[0, 0], b])])
     mask = np.array([[1] * 5, [0, 0, 1, 1, 1]])
@@ -191,9 +218,9 @@ def test_generation_batch_left_padded_matches_single(dense):
     np.testing.assert_array_equal(out[1, 2:], generate(s, b, 6))
 
 
-def test_sampling_is_seeded_and_stops_at_eos(dense):
+def test_sampling_is_seeded_and_stops_at_eos(dense, rt):
     model, path = dense
-    s = load(path)
+    s = load(path, rt)
     prompt = random_ids(model, 1, 3)[0]
     x = generate(s, prompt, 12, temperature=1.5, seed=1)
     np.testing.assert_array_equal(x, generate(s, prompt, 12, temperature=1.5, seed=1))
