@@ -201,6 +201,14 @@ def load(path: str | Path, *, dtype: np.dtype | None = None) -> "Model":  # noqa
     return Model(config, tensors, experts, tok if tok.is_file() else None)
 
 
+def _apply_umask(folder: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~mask)
+
+
 def save(model: "Model", path: str | Path) -> Path:  # noqa: F821
     """Write ``model`` to directory ``path`` atomically (temp dir + rename); returns the path."""
     from safetensors.numpy import save_file
@@ -222,6 +230,7 @@ def save(model: "Model", path: str | Path) -> Path:  # noqa: F821
         (tmp / CONFIG_FILE).write_text(model.config.to_json() + "\n")
         if model.tokenizer_path is not None and Path(model.tokenizer_path).is_file():
             shutil.copyfile(model.tokenizer_path, tmp / TOKENIZER_FILE)
+        _apply_umask(tmp)  # mkdtemp makes a 0700 folder (and safetensors a 0600 file): give them normal modes
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"

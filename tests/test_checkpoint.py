@@ -133,3 +133,14 @@ def test_factor_shapes_checked_against_config(tmp_path):
     _rewrite(path, lambda t: t.update({"layers.0.experts.1.up.U": t["layers.0.experts.1.up.U"][:-1]}))
     with pytest.raises(curmoe.CheckpointError, match="'layers.0.experts.1.up.U' has shape"):
         curmoe.load(path)
+
+
+def test_saved_files_get_normal_permissions(saved):
+    import stat
+
+    _, path = saved
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
+    for f in path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
