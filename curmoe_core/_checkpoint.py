@@ -23,12 +23,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from curmoe._config import ModelConfig
 from curmoe._errors import CheckpointError, InvalidInputError
 from curmoe._linear import CURLinear, DenseLinear, Linear, SVDLinear
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curmoe._model import Model
 
 __all__ = ["load", "save", "expected_tensors", "expert_keys"]
 
@@ -144,7 +148,7 @@ def _read_tensors(f: Path) -> dict[str, np.ndarray]:
         ) from e
 
 
-def load(path: str | Path, *, dtype: np.dtype | None = None) -> "Model":  # noqa: F821
+def load(path: str | Path, *, dtype: np.dtype | None = None) -> Model:
     """Load a model directory, checking every tensor against the config. ``dtype`` casts floats (e.g. float64)."""
     from curmoe._model import Model
 
@@ -209,7 +213,7 @@ def _apply_umask(folder: Path) -> None:
         os.chmod(f, 0o666 & ~mask)
 
 
-def save(model: "Model", path: str | Path) -> Path:  # noqa: F821
+def save(model: Model, path: str | Path) -> Path:
     """Write ``model`` to directory ``path`` atomically (temp dir + rename); returns the path."""
     from safetensors.numpy import save_file
 

@@ -28,7 +28,7 @@ from curmoe._calib import CalibStats
 from curmoe._checkpoint import expert_keys
 from curmoe._cur import cur
 from curmoe._errors import InvalidInputError
-from curmoe._linear import CURLinear, DenseLinear, Linear, SVDLinear
+from curmoe._linear import CURLinear, Linear, SVDLinear
 from curmoe._model import Model
 from curmoe._moe import expert_forward
 from curmoe._svd import svd

@@ -109,3 +109,32 @@ class Session(abc.ABC):
     def __repr__(self) -> str:
         i = self.info()
         return f"{type(self).__name__}({str(getattr(self, 'path', '?'))!r}, {i.runtime} {i.version}, {i.provider})"
+
+
+class SpecSession(Session):
+    """A session that keeps its IO specs in ``_inputs`` / ``_outputs``: the shared feed checks and accessors."""
+
+    _inputs: list[IOSpec]
+    _outputs: list[IOSpec]
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray], outputs: list[str] | None,
+                     what: str = "graph") -> tuple[dict[str, np.ndarray], list[str]]:
+        """(contiguous arrays in the declared dtypes by input name, names of the outputs to return)."""
+        known = [o.name for o in self._outputs]
+        names = list(outputs) if outputs is not None else known
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InvalidInputError(f"output {unknown[0]!r} is not in the {what}; outputs are {known}")
+        missing = [i.name for i in self._inputs if i.name not in feeds]
+        if missing:
+            raise InvalidInputError(f"feeds lack input(s) {missing}; the {what} needs {[i.name for i in self._inputs]}")
+        return {i.name: np.ascontiguousarray(feeds[i.name], dtype=i.dtype) for i in self._inputs}, names
+
+    @property
+    def inputs(self) -> list[IOSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[IOSpec]:
+        return list(self._outputs)
+

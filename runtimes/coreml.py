@@ -30,7 +30,7 @@ from coremltools.proto import FeatureTypes_pb2
 
 from curmoe._errors import CheckpointError, InvalidInputError
 from curmoe._model import Model
-from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, Session, SessionOptions
+from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, Session, SessionOptions, SpecSession
 from curmoe.runtimes.tolerances import tolerance_for
 
 __all__ = ["CoreMLSession", "MilSession", "load", "devices", "validate_coreml", "COMPUTE_UNITS"]
@@ -84,7 +84,7 @@ def _io(spec: Any) -> tuple[list[IOSpec], list[IOSpec]]:
     return [one(d) for d in spec.description.input], [one(d) for d in spec.description.output]
 
 
-class _PackageSession(Session):
+class _PackageSession(SpecSession):
     """What both Core ML sessions share: IO specs from the package, name mapping, feed checks."""
 
     def _setup(self, path: Path, spec: Any, meta: dict[str, str], name: str) -> None:
@@ -97,14 +97,7 @@ class _PackageSession(Session):
 
     def _feeds(self, feeds: dict[str, np.ndarray],
                outputs: list[str] | None) -> tuple[dict[str, np.ndarray], list[str]]:
-        names = list(outputs) if outputs is not None else self._output_names
-        unknown = [n for n in names if n not in self._output_names]
-        if unknown:
-            raise InvalidInputError(f"output {unknown[0]!r} is not in the model; outputs are {self._output_names}")
-        missing = [i.name for i in self._inputs if i.name not in feeds]
-        if missing:
-            raise InvalidInputError(f"feeds lack input(s) {missing}; the model needs {[i.name for i in self._inputs]}")
-        arrays = {i.name: np.ascontiguousarray(feeds[i.name], dtype=i.dtype) for i in self._inputs}
+        arrays, names = self._check_feeds(feeds, outputs, what="model")
         B, T = arrays["input_ids"].shape
         if self.max_batch and B > self.max_batch or self.max_seq_len and T > self.max_seq_len:
             raise InvalidInputError(
@@ -112,14 +105,6 @@ class _PackageSession(Session):
                 f"sequence <= {self.max_seq_len}); re-export with a larger max_batch / max_seq_len"
             )
         return arrays, names
-
-    @property
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime
 
 from curmoe._errors import InvalidInputError
-from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, Session, SessionOptions
+from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, SessionOptions, SpecSession
 
 __all__ = ["OrtSession", "load", "devices", "PROVIDERS"]
 
@@ -84,7 +84,7 @@ def devices(target: str) -> list[str]:
     return ["cpu"] if target == "cpu" else ["gpu" if target in ("cuda", "tensorrt", "rocm", "migraphx", "dml") else target]
 
 
-class OrtSession(Session):
+class OrtSession(SpecSession):
     """An ``onnxruntime.InferenceSession`` behind the curmoe :class:`Session` interface."""
 
     def __init__(self, path: Path, target: str, options: SessionOptions, provider_options: dict[str, Any] | None,
@@ -113,14 +113,7 @@ class OrtSession(Session):
         self._output_names = [o.name for o in self._outputs]
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = list(outputs) if outputs is not None else self._output_names
-        unknown = [n for n in names if n not in self._output_names]
-        if unknown:
-            raise InvalidInputError(f"output {unknown[0]!r} is not in the graph; outputs are {self._output_names}")
-        missing = [i.name for i in self._inputs if i.name not in feeds]
-        if missing:
-            raise InvalidInputError(f"feeds lack input(s) {missing}; the graph needs {[i.name for i in self._inputs]}")
-        arrays = {i.name: np.ascontiguousarray(feeds[i.name], dtype=i.dtype) for i in self._inputs}
+        arrays, names = self._check_feeds(feeds, outputs)
         return dict(zip(names, self._sess.run(names, arrays)))
 
     def info(self) -> RuntimeInfo:
@@ -129,14 +122,6 @@ class OrtSession(Session):
         dev = "cpu" if ep == "CPUExecutionProvider" else f"{self.target}:{opts.get('device_id', 0)}"
         return RuntimeInfo("onnxruntime", onnxruntime.__version__, ep, dev, self._name, self.options.threads,
                            self.options.optimization, {"providers": self._sess.get_providers()})
-
-    @property
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
 
     @property
     def metadata(self) -> dict[str, str]:

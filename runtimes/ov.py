@@ -26,7 +26,7 @@ import numpy as np
 import openvino
 
 from curmoe._errors import InvalidInputError
-from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, Session, SessionOptions
+from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, SessionOptions, SpecSession
 
 __all__ = ["OpenVINOSession", "load", "devices", "TARGETS", "PRECISIONS", "FUSED_MOE_LAYER_TYPES"]
 
@@ -139,7 +139,7 @@ def _metadata(path: Path, model: Any) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-class OpenVINOSession(Session):
+class OpenVINOSession(SpecSession):
     """An OpenVINO ``CompiledModel`` and one infer request behind the curmoe :class:`Session` interface."""
 
     def __init__(self, path: Path, target: str, device: str | None, precision: str, options: SessionOptions,
@@ -176,15 +176,8 @@ class OpenVINOSession(Session):
         self._output_names = [o.name for o in self._outputs]
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = list(outputs) if outputs is not None else self._output_names
-        unknown = [n for n in names if n not in self._output_names]
-        if unknown:
-            raise InvalidInputError(f"output {unknown[0]!r} is not in the graph; outputs are {self._output_names}")
-        missing = [i.name for i in self._inputs if i.name not in feeds]
-        if missing:
-            raise InvalidInputError(f"feeds lack input(s) {missing}; the graph needs {[i.name for i in self._inputs]}")
-        arrays = [np.ascontiguousarray(feeds[i.name], dtype=i.dtype) for i in self._inputs]
-        res = self._req.infer(arrays)  # outputs are copied out of the request's buffers (share_outputs=False)
+        by_input, names = self._check_feeds(feeds, outputs)
+        res = self._req.infer([by_input[i.name] for i in self._inputs])  # outputs are copied out of the request's buffers (share_outputs=False)
         by_name = {n: res[port] for n, port in zip(self._output_names, self._compiled.outputs)}
         return {n: np.asarray(by_name[n]) for n in names}
 
@@ -201,14 +194,6 @@ class OpenVINOSession(Session):
         extra["full_device_name"] = _describe(first if self.family == "AUTO" else self.device)
         return RuntimeInfo("openvino", openvino.__version__.split("-")[0], f"OpenVINO {self.family}", self.device,
                            self._name, self.options.threads, self.options.optimization, extra)
-
-    @property
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ import numpy as np
 import curmoe
 from curmoe._attention import KVCache
 from curmoe._errors import InvalidInputError
-from curmoe.runtimes.base import IOSpec, RuntimeInfo, Session, SessionOptions
+from curmoe.runtimes.base import IOSpec, RuntimeInfo, SessionOptions, SpecSession
 
 __all__ = ["ReferenceSession", "load", "devices"]
 
@@ -27,7 +27,7 @@ def devices(target: str) -> list[str]:
     return ["cpu"]
 
 
-class ReferenceSession(Session):
+class ReferenceSession(SpecSession):
     def __init__(self, model: curmoe.Model, path: Path, name: str, options: SessionOptions) -> None:
         self.model, self.path, self._name, self._options = model, path, name, options
         c = model.config
@@ -65,14 +65,6 @@ class ReferenceSession(Session):
         return RuntimeInfo(runtime="curmoe-numpy", version=f"{curmoe.__version__} (numpy {np.__version__})",
                            provider="NumPy reference", device=f"cpu ({platform.machine()})", name=self._name,
                            threads=self._options.threads, optimization="n/a")
-
-    @property
-    def inputs(self) -> list[IOSpec]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[IOSpec]:
-        return list(self._outputs)
 
 
 def load(path: str | os.PathLike[str], target: str, *, name: str = "reference", threads: int | None = None,
