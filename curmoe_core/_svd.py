@@ -11,8 +11,9 @@ the SVD of ``W S`` instead. Then ``||(W - W') S||_F^2`` equals the sum of the di
 solve, never an explicit inverse).
 
 Precision: singular vectors are computed in the input dtype (float32 weights -> float32 LAPACK, twice as fast;
-backward-stable to float32 rounding, which the weights carry anyway); SVD-LLM's Cholesky factor and triangular
-solve run in float64 (S can be ill-conditioned); errors are computed in float64. Factors come back in W's dtype.
+backward-stable to float32 rounding, which the weights carry anyway), and so is SVD-LLM's product ``W S``; its
+Cholesky factor (cached per calibration set) and the triangular map-back run in float64 (S can be
+ill-conditioned); errors are computed in float64. Factors come back in W's dtype.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from curmoe._errors import InvalidInputError
 from curmoe._params import achieved_ratio, n_params, rank_for_ratio
 from curmoe._validate import as_matrix, check_rank, exactly_one
 
-__all__ = ["SVDResult", "svd", "truncated_svd", "check_sketch", "relative_error"]
+__all__ = ["SVDResult", "svd", "truncated_svd", "exact_svd", "gram_side_svd", "check_sketch", "relative_error"]
 
 log = logging.getLogger(__name__)
 
 
-def _exact_svd(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def exact_svd(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD by LAPACK gesdd, falling back to the slower but more robust gesvd if it does not converge."""
     try:
         return scipy.linalg.svd(A, full_matrices=False, check_finite=False, lapack_driver="gesdd")
@@ -47,11 +48,50 @@ def _orth(Y: np.ndarray) -> np.ndarray:
     return scipy.linalg.qr(Y, mode="economic", overwrite_a=True, check_finite=False)[0]
 
 
+# The Gram route squares condition numbers: accept it only if every kept s_i^2 >= GRAM_MIN_RATIO * s_1^2, i.e.
+# cond <= 1e4, where float64 normal equations still give ~1e-8 relative accuracy; otherwise callers use LAPACK.
+GRAM_MIN_RATIO = 1e-8
+
+
+def gram_side_svd(M: np.ndarray, *, k: int | None = None, cut: float = 0.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Leading singular values s and the singular vectors E of M's smaller side, via ``eigh`` of the smaller Gram.
+
+    For M (a, b): if a >= b, E are right singular vectors (b, k) from ``M^T M``; else left ones (a, k) from
+    ``M M^T``. The Gram is formed in float64 (one syrk, O(a b min(a, b)) flops, about 10x cheaper than LAPACK's
+    bidiagonalisation of a long thin matrix). Keeps at most ``k`` values with ``s_i > cut * s_1``.
+
+    Returns:
+        (E, s) in float64, or None if some kept ``s_i^2 < GRAM_MIN_RATIO * s_1^2`` or M is 0 (use LAPACK then).
+    """
+    M64 = M.astype(np.float64, copy=False)
+    K = M64.T @ M64 if M.shape[0] >= M.shape[1] else M64 @ M64.T  # (b, b) or (a, a), symmetric
+    lam, E = scipy.linalg.eigh(K, check_finite=False, overwrite_a=True)
+    lam, E = lam[::-1], E[:, ::-1]
+    if not lam[0] > 0:
+        return None
+    keep = int(np.count_nonzero(lam > cut**2 * lam[0]))
+    keep = keep if k is None else min(keep, k)
+    if keep == 0 or lam[keep - 1] < GRAM_MIN_RATIO * lam[0]:
+        return None
+    return np.ascontiguousarray(E[:, :keep]), np.sqrt(lam[:keep])
+
+
+def _wide_svd(B: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leading k singular triplets of a wide B (l, n), l <= n: Gram route, LAPACK when ill-conditioned."""
+    es = gram_side_svd(B, k=k)
+    if es is None or es[1].size < k:
+        Ub, s, Vt = exact_svd(B)
+        return Ub[:, :k], s[:k], Vt[:k]
+    Ub, s = es
+    Vt = (Ub.T.astype(B.dtype) @ B) / s[:, None].astype(B.dtype)  # (k, l) @ (l, n): V^T = S^-1 U^T B
+    return Ub, s, Vt
+
+
 def check_sketch(n_oversamples: object, n_power_iter: object) -> tuple[int, int]:
     """Validate the randomized-SVD knobs (oversampling p >= 0, power iterations q >= 0)."""
     for name, v in (("n_oversamples", n_oversamples), ("n_power_iter", n_power_iter)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise InvalidInputError(f"{name}={v!r} must be an integer >= 0 (defaults: n_oversamples=10, n_power_iter=2)")
+            raise InvalidInputError(f"{name}={v!r} must be an integer >= 0, e.g. n_oversamples=10, n_power_iter=1")
     return int(n_oversamples), int(n_power_iter)  # type: ignore[arg-type]
 
 
@@ -69,22 +109,27 @@ def truncated_svd(
     Randomized: Halko, Martinsson & Tropp 2011, "Finding structure with randomness", Alg. 4.4 (randomized
     subspace iteration): a Gaussian sketch ``Y = A Omega`` with ``l = k + p`` columns, ``q`` power iterations
     ``Q <- orth(A orth(A^T Q))`` (re-orthonormalised each half-step so small singular values survive rounding),
-    then the exact SVD of the small ``B = Q^T A``. Costs ``2q + 2`` passes over A. Falls back to the exact SVD
-    when ``l >= min(m, n)`` (no saving). ``seed`` fixes Omega, so results are reproducible.
+    then the SVD of the small ``B = Q^T A`` (via the eigen-decomposition of ``B B^T`` in float64 when that is
+    accurate, see :func:`gram_side_svd`). Costs ``2q + 2`` passes over A; tall A is handled as ``A^T`` so QRs stay
+    (min(m, n), l). Falls back to the exact SVD when ``l >= min(m, n)`` (no saving). ``seed`` fixes Omega.
     """
     m, n = A.shape
     ell = k + n_oversamples
     if not randomized or ell >= min(m, n):
-        U, s, Vt = _exact_svd(A)
+        U, s, Vt = exact_svd(A)
         return U[:, :k], s[:k], Vt[:k]
+    if m > n:  # sketch the smaller side, so every QR is (min(m, n), l)
+        V, s, Ut = truncated_svd(A.T, k, randomized=True, n_oversamples=n_oversamples,
+                                 n_power_iter=n_power_iter, seed=seed)
+        return Ut.T, s, V.T
     rng = np.random.default_rng(seed)
     Omega = rng.standard_normal((n, ell), dtype=A.dtype)  # (n, l)
     Q = _orth(A @ Omega)  # (m, n) @ (n, l)
     for _ in range(n_power_iter):
         Z = _orth(A.T @ Q)  # (n, m) @ (m, l)
         Q = _orth(A @ Z)  # (m, n) @ (n, l)
-    Ub, s, Vt = _exact_svd(Q.T @ A)  # (l, m) @ (m, n) -> SVD of an (l, n) matrix
-    return (Q @ Ub[:, :k]), s[:k], Vt[:k]  # (m, l) @ (l, k)
+    Ub, s, Vt = _wide_svd(Q.T @ A, k)  # (l, m) @ (m, n) -> SVD of an (l, n) matrix
+    return (Q @ Ub.astype(A.dtype)), s.astype(A.dtype), Vt  # (m, l) @ (l, k)
 
 
 def relative_error(W: np.ndarray, W_approx: np.ndarray) -> float:
@@ -199,7 +244,7 @@ def svd(
         A, B, method = U * s, Vt, "svd"  # (m, r) * (r,)
     else:
         S = calib.whitening(damping)  # (n, n) lower, float64
-        WS = (W.astype(np.float64) @ S).astype(W.dtype)  # (m, n) @ (n, n)
+        WS = W @ S.astype(W.dtype, copy=False)  # (m, n) @ (n, n), in W's dtype like the SVD that follows
         U, s, Vt = truncated_svd(WS, r, **sketch)
         # B = V_r^T S^{-1}  <=>  S^T B^T = V_r   (triangular solve in float64)
         Bt = scipy.linalg.solve_triangular(S, Vt.T.astype(np.float64), lower=True, trans="T", check_finite=False)

@@ -1,4 +1,4 @@
-"""curmoe.models (placeholder: filled in by a later issue)."""
+"""curmoe.models: torch twin, training, tokenizer, Hugging Face import, and the shipped checkpoints (lazy: importing this package imports neither torch nor transformers)."""
 
 from __future__ import annotations
 

@@ -133,3 +133,19 @@ def test_bad_inputs(fn, kwargs, message):
     W = kwargs.pop("W")
     with pytest.raises(curmoe.InvalidInputError, match=message):
         getattr(curmoe, fn)(W, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(30, 8), (8, 30)])
+def test_gram_route_matches_lapack_and_refuses_ill_conditioned(shape):
+    from curmoe._svd import gram_side_svd
+
+    M = random_matrix(*shape, 0, np.float64)
+    E, s = gram_side_svd(M)
+    U, s_ref, Vt = np.linalg.svd(M, full_matrices=False)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-10)
+    ref = Vt.T if shape[0] >= shape[1] else U  # singular vectors of the smaller side, up to sign
+    np.testing.assert_allclose(np.abs(np.sum(E * ref, axis=0)), 1.0, rtol=1e-8)
+    assert gram_side_svd(M, k=3)[1].size == 3
+    assert gram_side_svd(M, cut=s_ref[2] / s_ref[0] * 0.999)[1].size == 3  # s_i > cut * s_1
+    bad = (U * np.array([1.0] * 7 + [1e-6])) @ Vt  # cond 1e6: squaring would lose accuracy
+    assert gram_side_svd(bad) is None and gram_side_svd(np.zeros(shape)) is None
