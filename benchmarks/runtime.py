@@ -1,8 +1,8 @@
 """Runtime benchmark: decode tokens/s (batch 1, KV cache) and prefill latency, every row in one run, as ratios.
 
-Rows: the NumPy reference, the torch twin in eager mode, and ONNX Runtime (CPU) for the dense model (sparse and
+Rows: the NumPy reference, the torch twin in eager mode, ONNX Runtime (CPU) for the dense model (sparse and
 dense dispatch, and ORT's fused com.microsoft.MoE) and for activation-aware CUR at 50% and 70% of expert
-parameters. A decode roofline per row: bytes of the weights one decode step must read (attention, router, the
+parameters, and OpenVINO CPU (f32 and bf16; sparse and dense dispatch; dense and CUR 70%). A decode roofline per row: bytes of the weights one decode step must read (attention, router, the
 top-k experts a token uses, the LM head; float32) divided by the measured memory-copy bandwidth.
 
     python benchmarks/runtime.py [--model models/wt2-moe-8x] [--threads 2] [--steps 32] [--repeats 3]
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="best of N for every timing")
     p.add_argument("--calib-tokens", type=int, default=8192)
     p.add_argument("--skip-numpy", action="store_true")
+    p.add_argument("--skip-openvino", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
@@ -147,10 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(torch row skipped: {e})", file=sys.stderr)
     variants = [("dense", "sparse", False), ("dense", "dense", False), ("dense", "sparse", True),
                 ("cur50", "sparse", False), ("cur70", "sparse", False), ("cur70", "dense", False)]
+    paths = {}
     for key, dispatch, fused in variants:
         path = export(models[key], OnnxExportConfig(dispatch=dispatch, fused_moe=fused), tmp / f"{key}-{dispatch}-{fused}.onnx")
+        paths[key, dispatch, fused] = path
         label = f"ORT cpu {key} {'fused MoE' if fused else dispatch + ' dispatch'}"
         rows.append((label, key, Runner(load(path, "onnxruntime:cpu", threads=args.threads))))
+    if not args.skip_openvino:
+        try:
+            for key, dispatch in (("dense", "sparse"), ("dense", "dense"), ("cur70", "sparse"), ("cur70", "dense")):
+                for prec in ("f32", "bf16"):
+                    sess = load(paths[key, dispatch, False], "openvino:cpu", precision=prec, threads=args.threads)
+                    rows.append((f"OpenVINO cpu {prec} {key} {dispatch} dispatch", key, Runner(sess)))
+        except curmoe.CurmoeError as e:  # not installed here: say so, keep the other rows
+            print(f"(OpenVINO rows skipped: {e})", file=sys.stderr)
 
     bw = copy_bandwidth()
     prefills = [int(t) for t in args.prefill.split(",")]
