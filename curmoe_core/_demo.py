@@ -43,10 +43,13 @@ SAMPLE_TEXT = """\
 PROMPTS = ("The history of the city", "In 1990 , the band")
 
 
-def shipped_model_dir() -> Any:
+def shipped_model_dir(name: str = "wt2-moe-8x") -> Any:
+    """A checkpoint shipped inside the curmoe.models package (works for editable and wheel installs)."""
     from pathlib import Path
 
-    return Path(__file__).resolve().parent.parent / "models" / "wt2-moe-8x"
+    import curmoe.models  # light: imports neither torch nor transformers
+
+    return Path(curmoe.models.__file__).resolve().parent / name
 
 
 def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7), data_dir: str | None = None,
