@@ -301,6 +301,27 @@ def _runtimes(args: argparse.Namespace) -> int:
 _runtimes.configure = _configure_runtimes  # type: ignore[attr-defined]
 
 
+# bench ------------------------------------------------------------------------------------------------------
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    from curmoe.runtimes.bench import build_parser
+
+    build_parser(p)
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench", "decode tokens/s, prefill latency and roofline for every runtime row, in one run")
+def _bench(args: argparse.Namespace) -> int:
+    from curmoe.runtimes.bench import run
+
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+_bench.configure = _configure_bench  # type: ignore[attr-defined]
+
+
 # demo -------------------------------------------------------------------------------------------------------
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", default="1024x2816", help="matrix shape (out x in) of the decomposition demo")

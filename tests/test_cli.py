@@ -94,3 +94,14 @@ def test_runtimes_lists_reference_and_ort(capsys):
     avail = {r["name"] for r in rec["runtimes"] if r["available"]}
     assert {"reference", "onnxruntime:cpu"} <= avail
     assert not any(r["available"] for r in rec["runtimes"] if r["name"] == "onnxruntime:cuda")
+
+
+def test_bench_prints_one_json_object_with_every_row(model_dir, capsys):
+    pytest.importorskip("torch")
+    code, rec = run_json(capsys, "bench", "--model", str(model_dir), "--steps", "1", "--repeats", "1",
+                         "--prefill", "8", "--calib-tokens", "256", "--skip-numpy", "--skip-openvino")
+    assert code == 0 and rec["bandwidth"] > 0
+    rows = {r["row"]: r for r in rec["rows"]}
+    assert {"torch eager (dense)", "ORT cpu dense sparse dispatch", "ORT cpu cur70 sparse dispatch"} <= set(rows)
+    for r in rows.values():
+        assert r["decode_tok_s"] > 0 and r["prefill_8_ms"] > 0 and 0 < r["roofline_frac"]
