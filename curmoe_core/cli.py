@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # coremltools warns at import about torch versions and macOS-only proxies: noise on Linux
+        logging.getLogger("coremltools").setLevel(logging.ERROR)
     from curmoe._errors import CurmoeError
 
     try:
