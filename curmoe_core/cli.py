@@ -170,7 +170,8 @@ def _export(args: argparse.Namespace) -> int:
     tok = out.parent / "tokenizer.json"
     if model.tokenizer_path is not None and not tok.exists():
         shutil.copyfile(model.tokenizer_path, tok)  # so eval/generate on the file find the tokenizer
-    _emit({"output": str(path), "format": args.format, "dispatch": args.dispatch, "dtype": args.dtype},
+    dispatch = "dense (every expert masked by its gates)" if args.format == "coreml" else args.dispatch
+    _emit({"output": str(path), "format": args.format, "dispatch": dispatch, "dtype": args.dtype},
           args.json, lambda r: f"wrote {r['output']} ({r['format']}, {r['dispatch']} dispatch, {r['dtype']})")
     return 0
 
