@@ -25,3 +25,18 @@ def baby_model(seed: int = 0, dtype: Any = np.float64, std: float = 0.3, **kw: A
 
 def random_ids(model: curmoe.Model, B: int, T: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, model.config.vocab_size, size=(B, T))
+
+
+# Architecture / router variants every backend test runs (keyword overrides for baby_model).
+VARIANTS = {
+    "mixtral": {},
+    "qwen2_moe": dict(attn_bias=True, moe=dict(n_shared=1, shared_d_ff=20, shared_gate=True),
+                      router=dict(normalize=False)),
+    "qwen3_moe": dict(qk_norm="head", head_dim=6),
+    "olmoe": dict(qk_norm="full", router=dict(normalize=False, top_k=3)),
+    "gelu_dense_layer": dict(moe=dict(activation="gelu"), layer_types=("dense", "moe"), dense_d_ff=20),
+    "mha_tied": dict(n_kv_heads=None, tie_embeddings=True),
+    "sigmoid_bias": dict(router=dict(kind="sigmoid_bias", routed_scaling=2.5)),
+    "hash": dict(router=dict(kind="hash", top_k=1)),
+    "switch": dict(router=dict(kind="switch", top_k=1, capacity_factor=1.0)),
+}

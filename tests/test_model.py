@@ -8,20 +8,8 @@ import pytest
 import curmoe
 from curmoe._gating import route
 from curmoe._ops import gelu, rms_norm, sigmoid, silu
-from tests.babies import baby_config, baby_model, random_ids
+from tests.babies import VARIANTS, baby_config, baby_model, random_ids
 
-VARIANTS = {
-    "mixtral": {},
-    "qwen2_moe": dict(attn_bias=True, moe=dict(n_shared=1, shared_d_ff=20, shared_gate=True),
-                      router=dict(normalize=False)),
-    "qwen3_moe": dict(qk_norm="head", head_dim=6),
-    "olmoe": dict(qk_norm="full", router=dict(normalize=False, top_k=3)),
-    "gelu_dense_layer": dict(moe=dict(activation="gelu"), layer_types=("dense", "moe"), dense_d_ff=20),
-    "mha_tied": dict(n_kv_heads=None, tie_embeddings=True),
-    "sigmoid_bias": dict(router=dict(kind="sigmoid_bias", routed_scaling=2.5)),
-    "hash": dict(router=dict(kind="hash", top_k=1)),
-    "switch": dict(router=dict(kind="switch", top_k=1, capacity_factor=1.0)),
-}
 
 
 def naive_moe(model: curmoe.Model, layer: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
