@@ -2,10 +2,16 @@
 
 Methods: CUR `seed` (the poster's: full-SVD leverage sampling, U = pinv of the intersection), CUR `leverage`,
 CUR `deim`, CUR `deim` activation-aware, SVD, SVD-LLM (activation-aware). Calibration: the first
-``--calib-tokens`` tokens of WikiText-2 train. Perplexity through ONNX Runtime CPU (validated against the
-reference elsewhere). Rows are appended to ``--out`` (JSON lines) as they finish, so a partial run keeps its rows.
+``--calib-tokens`` tokens of WikiText-2 train. Perplexity on valid and test through ONNX Runtime CPU (validated
+against the reference by tests/test_runtime_*), plus greedy continuations of fixed prompts, because a compressed
+model can keep a fair perplexity and still write broken text. The ratio is counted as the share of expert
+parameters removed (``ratio_expert_params``; factors of all experts against their dense matrices) and as the share
+of all parameters (``ratio_all_params``, embeddings and attention included). No hyperparameter was tuned: every
+method runs with its defaults, fixed before test was evaluated.
 
-    python benchmarks/compression.py --split test --ratios 0.3,0.5,0.7,0.8 --out compression.jsonl
+The results file (``--out``, read by ``curmoe report``) is rewritten after every row, so a partial run keeps its rows.
+
+    python benchmarks/compression.py --ratios 0.3,0.5,0.7,0.8 --out docs/results/data/compression.json
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import numpy as np
 import curmoe
 from curmoe._calibdata import calibration_ids
 from curmoe._demo import shipped_model_dir
+from curmoe._results import provenance, write_results
 from curmoe.exporters import OnnxExportConfig, export
 from curmoe.runtimes import load
 from curmoe.runtimes.evaluate import evaluate_wikitext2
+from curmoe.runtimes.generate import generate
 
 METHODS = {
     "cur-seed (poster)": lambda r: curmoe.CURConfig(ratio=r, selection="seed", u="intersection", randomized=False),
@@ -34,33 +42,61 @@ METHODS = {
     "svd": lambda r: curmoe.SVDConfig(ratio=r),
     "svd-llm": lambda r: curmoe.SVDConfig(ratio=r, activation_aware=True),
 }
+# WikiText-2 style prompts (its tokenisation: " , " and " @-@ "); the continuations are greedy.
+PROMPTS = ("The game was released in", "In the early 19th century , the city", "The album received")
+SAMPLE_TOKENS = 24
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None)
-    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--splits", default="valid,test")
     p.add_argument("--ratios", default="0.3,0.5,0.7,0.8")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="compression.jsonl")
+    p.add_argument("--out", default="docs/results/data/compression.json")
     args = p.parse_args(argv)
-    model = curmoe.load(args.model or shipped_model_dir())
+    from curmoe.models.tokenizer import load_tokenizer
+
+    model_dir = args.model or shipped_model_dir()
+    model = curmoe.load(model_dir)
+    tok = load_tokenizer(model.tokenizer_path)
     calib = calibration_ids("wikitext2:train", model, data_dir=args.data_dir, n_tokens=args.calib_tokens)
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-compression-"))
-    out = Path(args.out)
+    splits = args.splits.split(",")
+    results = {"provenance": provenance(argv), "model": str(model_dir), "n_params": model.n_params(),
+               "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "splits": splits,
+               "prompts": list(PROMPTS), "sample_tokens": SAMPLE_TOKENS, "rows": []}
 
     def evaluate(m: curmoe.Model, name: str) -> dict:
         path = export(m, OnnxExportConfig(), tmp / f"{name}.onnx")
-        r = evaluate_wikitext2(load(path, "onnxruntime:cpu"), model.tokenizer_path, split=args.split,
-                               data_dir=args.data_dir)
-        return {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "tokens": r.tokens}
+        sess = load(path, "onnxruntime:cpu", threads=args.threads)
+        row: dict = {}
+        for split in splits:
+            t0 = time.perf_counter()
+            r = evaluate_wikitext2(sess, model.tokenizer_path, split=split, data_dir=args.data_dir)
+            row[split] = {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "tokens": r.tokens,
+                          "eval_s": round(time.perf_counter() - t0, 1)}
+        row["samples"] = []
+        for prompt in PROMPTS:
+            ids = np.asarray(tok.encode(prompt).ids, np.int64)
+            out = generate(sess, ids, SAMPLE_TOKENS)
+            row["samples"].append(tok.decode(out[len(ids):].tolist()))
+        path.unlink(missing_ok=True)
+        Path(str(path) + ".data").unlink(missing_ok=True)
+        return row
 
-    dense = {"method": "dense", "ratio_target": 0.0, "split": args.split} | evaluate(model, "dense")
-    rows = [dense]
-    out.write_text(json.dumps(dense) + "\n")
-    print(f"dense: {dense}", flush=True)
+    def save(row: dict) -> None:
+        results["rows"].append(row)
+        write_results(args.out, results)
+        ppl = ", ".join(f"{s} ppl {row[s]['ppl_token']:.2f}" for s in splits)
+        print(f"{row['method']} @ {row['ratio_target']}: {ppl}; {row['samples'][0]!r}", flush=True)
+
+    dense = {"method": "dense", "ratio_target": 0.0, "ratio_expert_params": 0.0, "ratio_all_params": 0.0,
+             "mean_output_error": 0.0, "compress_s": 0.0} | evaluate(model, "dense")
+    save(dense)
     for ratio in (float(x) for x in args.ratios.split(",")):
         for name in args.methods.split(","):
             t0 = time.perf_counter()
@@ -68,23 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.perf_counter() - t0
             rec = small.config.compression
             oe = [m["output_error"] for m in rec["matrices"].values() if m["output_error"] is not None]
-            row = {"method": name, "ratio_target": ratio, "split": args.split,
-                   "ratio_expert_params": rec["ratio_expert_params"], "ratio_all_params": rec["ratio_all_params"],
-                   "mean_output_error": float(np.mean(oe)), "compress_s": dt} | evaluate(small, f"{name}-{ratio}")
-            row["ppl_vs_dense"] = row["ppl_token"] / dense["ppl_token"]
-            rows.append(row)
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{name} @ {ratio}: ppl {row['ppl_token']:.2f} ({row['ppl_vs_dense']:.2f}x dense), "
-                  f"output err {row['mean_output_error']:.3f}, {dt:.1f} s", flush=True)
-    print("| method | ratio | expert params removed | all params removed | mean output err | "
-          f"{args.split} ppl token | {args.split} ppl word | x dense | compress s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['method']} | {r['ratio_target']:.1f} | {100 * r.get('ratio_expert_params', 0):.1f}% | "
-              f"{100 * r.get('ratio_all_params', 0):.1f}% | {r.get('mean_output_error', 0):.3f} | "
-              f"{r['ppl_token']:.2f} | {r['ppl_word']:.2f} | {r['ppl_token'] / dense['ppl_token']:.2f} | "
-              f"{r.get('compress_s', 0):.1f} |")
+            row = {"method": name, "ratio_target": ratio, "ratio_expert_params": rec["ratio_expert_params"],
+                   "ratio_all_params": rec["ratio_all_params"], "mean_output_error": float(np.mean(oe)),
+                   "compress_s": round(dt, 2)} | evaluate(small, f"{name}-{ratio}")
+            save(row)
     return 0
 
 

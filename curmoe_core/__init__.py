@@ -25,6 +25,7 @@ from curmoe._params import n_params, rank_for_ratio
 from curmoe._svd import SVDResult, svd
 # --- gating and metrics (issue 3) ---
 from curmoe._gating import ROUTER_KINDS, RouterConfig, Routing, route, update_bias
+from curmoe._causal import causal_twin
 from curmoe._metrics import (
     LoadStats,
     coefficient_of_variation,
@@ -50,6 +51,7 @@ from curmoe._data import DataNotFoundError, WikiText2Split, data_dir, load_wikit
 from curmoe._perplexity import PerplexityResult, perplexity, perplexity_windows
 
 __all__ = [
+    "causal_twin",
     "cur",
     "svd",
     "CURResult",

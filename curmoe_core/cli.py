@@ -363,6 +363,31 @@ def _demo(args: argparse.Namespace) -> int:
 _demo.configure = _configure_demo  # type: ignore[attr-defined]
 
 
+# report -----------------------------------------------------------------------------------------------------
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="docs/results/data", help="folder of the benchmarks' results files")
+    p.add_argument("--out", default=None, help="where the pages and figures go (default: the parent of --data)")
+    p.add_argument("--readme", default=None, help="also rewrite the results block of this README")
+    p.add_argument("--json", action="store_true")
+
+
+@command("report", "write docs/results/ (Markdown + figures) from the stored benchmark measurements")
+def _report(args: argparse.Namespace) -> int:
+    from curmoe._report import report
+
+    out = report(args.data, args.out, readme=args.readme)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("\n".join(f"wrote {p}" for p in out["written"]))
+        for n in out["missing"]:
+            print(f"not measured yet: {n} (its page says which command makes it)")
+    return 0
+
+
+_report.configure = _configure_report  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
     import curmoe
 

@@ -48,6 +48,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~0.75M parameters (0.52M of them the 8k embedding): trains in about 2-3 minutes on 2 cores.
     "tiny": dict(d_model=64, layers=2, heads=4, kv_heads=2, experts=4, top_k=2, d_ff=128,
                  seq_len=128, batch_size=16, lr=3e-3, warmup=30, steps=400, eval_every=100, eval_tokens=16384),
+    # The router study (benchmarks/gating.py): 8 experts so that balance matters, small enough to train six
+    # routers in turn on 2 cores (about 4 minutes each).
+    "gating": dict(d_model=96, layers=2, heads=4, kv_heads=2, experts=8, top_k=2, d_ff=128,
+                   seq_len=128, batch_size=16, lr=3e-3, warmup=40, steps=600, eval_every=200, eval_tokens=16384),
     # 9.05M parameters (18.1 MB in fp16), 8 experts top-2: models/wt2-moe-8x, about 50 minutes on 2 idle cores.
     "wt2-moe-8x": dict(d_model=256, layers=4, heads=8, kv_heads=2, experts=8, top_k=2, d_ff=256,
                        seq_len=256, batch_size=16, lr=2e-3, warmup=100, steps=2000, eval_every=250,

@@ -14,7 +14,6 @@ This machine is shared and noisy: compare rows of one run, not runs. Not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -209,9 +208,12 @@ def run(args: argparse.Namespace) -> dict:
         sp = base[f"prefill_{prefills[-1]}_ms"] / r[f"prefill_{prefills[-1]}_ms"]
         say(f"| {r['row']} | {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / base['decode_tok_s']:.2f} | {vs_t} | "
               f"{r['roofline_tok_s']:.0f} | {100 * r['roofline_frac']:.0f}% | {pre} | {sp:.2f} |")
-    out = {"model": args.model, "threads": args.threads, "decode_steps": args.steps, "bandwidth": bw, "rows": results}
-    if args.json_file:
-        Path(args.json_file).write_text(json.dumps(out, indent=2))
+    out = {"model": args.model, "threads": args.threads, "decode_steps": args.steps, "repeats": args.repeats,
+           "prefill_lengths": prefills, "bandwidth": bw, "rows": results}
+    if args.json_file:  # with the command that made it, for curmoe report
+        from curmoe._results import provenance, write_results
+
+        write_results(args.json_file, {"provenance": provenance(getattr(args, "argv", None))} | out)
     return out
 
 

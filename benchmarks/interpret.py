@@ -1,0 +1,138 @@
+"""What CUR keeps, on the shipped model (issue 7): kept columns and rows against activation statistics.
+
+For every expert matrix W (out x in, y = W x) a CUR keeps real columns (input features) and real rows (output
+units). Activation statistics come from the routed calibration tokens of each expert (WikiText-2 train):
+
+* a column's energy is ``E[x_j^2]`` of the matrix input (the Gram diagonal over tokens);
+* a row's energy is ``E[y_i^2] = (W G W^T)_ii / N``, the mean square of that output unit.
+
+Measured, for plain DEIM and activation-aware DEIM at ``--ratios``:
+
+* ``energy``: the share of total column (row) energy held by the kept columns (rows), against the share a random
+  choice of the same size would hold on average (``kept / total``);
+* ``jaccard``: the 8 x 8 Jaccard index of the kept sets across the experts of each layer, for the index spaces
+  that experts share: input features of ``up`` (the residual stream they all read) and output rows of ``down``
+  (the residual stream they all write);
+* ``nesting``: how much of the set kept at a higher compression ratio is inside the set kept at the next lower one;
+* ``featured``: full per-index energies and kept sets for a few experts, for the figures.
+
+    python benchmarks/interpret.py --out docs/results/data/interpret.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+import curmoe
+from curmoe._calibdata import calibration_ids
+from curmoe._compress import calibrate
+from curmoe._demo import shipped_model_dir
+from curmoe._results import provenance, write_results
+
+METHODS = {"cur-deim": dict(selection="deim"), "cur-deim aware": dict(selection="deim", activation_aware=True)}
+
+
+def energies(model: curmoe.Model, calib: Any, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(column energy (in,), row energy (out,)) of dense expert matrix ``key`` on its calibration statistics."""
+    stats, _ = calib.stats_for(model, key, min_tokens=1)
+    W = model.experts[key].W.astype(np.float64)  # (out, in)
+    G = stats.gram / max(stats.n_tokens, 1)  # (in, in)
+    return stats.second_moment, np.einsum("ij,jk,ik->i", W, G, W)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None)
+    p.add_argument("--ratios", default="0.3,0.5,0.7,0.8")
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--featured", default="1:0,1:1,3:0", help="LAYER:EXPERT pairs whose full profiles are stored")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="docs/results/data/interpret.json")
+    args = p.parse_args(argv)
+    model_dir = args.model or shipped_model_dir()
+    model = curmoe.load(model_dir)
+    cfg = model.config
+    L, E = cfg.n_layers, cfg.moe.n_experts
+    ratios = [float(r) for r in args.ratios.split(",")]
+    ids = calibration_ids("wikitext2:train", model, data_dir=args.data_dir, n_tokens=args.calib_tokens)
+    calib = calibrate(model, ids, progress=False)
+    keys = [f"layers.{l}.experts.{e}.{n}" for l in range(L) for e in range(E) for n in ("gate", "up", "down")]
+    en = {k: energies(model, calib, k) for k in keys}
+
+    kept: dict[tuple[str, float], dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # (method, ratio) -> key -> sets
+    timings = {}
+    for method, kw in METHODS.items():
+        for r in ratios:
+            t0 = time.perf_counter()
+            small = curmoe.compress(model, curmoe.CURConfig(ratio=r, **kw), calib_ids=ids, progress=False)
+            timings[f"{method}@{r}"] = round(time.perf_counter() - t0, 2)
+            kept[method, r] = {k: (np.sort(small.experts[k].cols), np.sort(small.experts[k].rows)) for k in keys}
+
+    def share(e: np.ndarray, idx: np.ndarray) -> float:
+        return float(e[idx].sum() / e.sum())
+
+    energy_rows = []
+    for (method, r), sets in kept.items():
+        for side, pos in (("columns", 0), ("rows", 1)):
+            s = [share(en[k][pos], sets[k][pos]) for k in keys]
+            u = [len(sets[k][pos]) / len(en[k][pos]) for k in keys]
+            energy_rows.append({"method": method, "ratio": r, "side": side, "energy_share": float(np.mean(s)),
+                                "uniform_share": float(np.mean(u)), "energy_share_min": float(np.min(s))})
+
+    def jac(sets: dict, name: str, pos: int, layer: int) -> list[list[float]]:
+        ks = [f"layers.{layer}.experts.{e}.{name}" for e in range(E)]
+        return [[curmoe.jaccard(sets[a][pos], sets[b][pos]) for b in ks] for a in ks]
+
+    jaccard_rows = []
+    for (method, r), sets in kept.items():
+        for name, pos, what in (("up", 0, "up columns (input features)"), ("down", 1, "down rows (output features)")):
+            for layer in range(L):
+                m = np.asarray(jac(sets, name, pos, layer))
+                off = m[~np.eye(E, dtype=bool)]
+                n_in = len(en[f"layers.{layer}.experts.0.{name}"][pos])
+                k = len(sets[f"layers.{layer}.experts.0.{name}"][pos])
+                chance = k / (2 * n_in - k)  # E|A & B| / |A | B| for two random k-subsets of n: k^2/n / (2k - k^2/n)
+                jaccard_rows.append({"method": method, "ratio": r, "what": what, "layer": layer, "matrix": m.tolist(),
+                                     "mean_offdiag": float(off.mean()), "chance": chance, "kept": k, "of": n_in})
+
+    nesting_rows = []
+    for method in METHODS:
+        for lo, hi in zip(ratios, ratios[1:]):
+            for side, pos in (("columns", 0), ("rows", 1)):
+                c = [len(np.intersect1d(kept[method, hi][k][pos], kept[method, lo][k][pos]))
+                     / len(kept[method, hi][k][pos]) for k in keys]
+                nesting_rows.append({"method": method, "from": lo, "to": hi, "side": side,
+                                     "contained": float(np.mean(c)), "contained_min": float(np.min(c))})
+
+    featured = []
+    for pair in args.featured.split(","):
+        layer, e = (int(x) for x in pair.split(":"))
+        for name in ("up", "down"):
+            k = f"layers.{layer}.experts.{e}.{name}"
+            featured.append({"layer": layer, "expert": e, "matrix": name, "shape": list(model.experts[k].shape),
+                             "col_energy": en[k][0].tolist(), "row_energy": en[k][1].tolist(),
+                             "kept": {f"{m}@{r}": {"cols": kept[m, r][k][0].tolist(), "rows": kept[m, r][k][1].tolist()}
+                                      for (m, r) in kept}})
+    results = {"provenance": provenance(argv), "model": str(model_dir), "ratios": ratios,
+               "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "compress_s": timings,
+               "rows": energy_rows, "jaccard": jaccard_rows, "nesting": nesting_rows, "featured": featured}
+    write_results(args.out, results)
+    for r in energy_rows:
+        print(f"{r['method']:15s} {r['ratio']:.1f} {r['side']:8s} kept energy {r['energy_share']:.3f} "
+              f"(uniform {r['uniform_share']:.3f})")
+    for r in jaccard_rows:
+        if r["ratio"] == 0.7:
+            print(f"{r['method']:15s} layer {r['layer']} {r['what']:30s} mean Jaccard {r['mean_offdiag']:.3f} "
+                  f"(chance {r['chance']:.3f})")
+    for r in nesting_rows:
+        print(f"{r['method']:15s} {r['from']} -> {r['to']} {r['side']:8s} contained {r['contained']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""``curmoe report``: docs/results/ (Markdown + PNG figures) from the stored measurements of ``benchmarks/``.
+
+Inputs, in ``data_dir`` (default docs/results/data), each written by one benchmark script (see curmoe._results):
+
+=================  ==========================================  ==========================
+file               measurement                                 written by
+=================  ==========================================  ==========================
+compression.json   perplexity / output error / time / samples  benchmarks/compression.py
+gating.json        routers trained alike: quality and balance  benchmarks/gating.py
+runtime.json       decode tok/s, prefill, roofline per runtime  benchmarks/runtime.py
+interpret.json     what CUR keeps against activation energy    benchmarks/interpret.py
+=================  ==========================================  ==========================
+
+Outputs: one Markdown page per measurement plus an index (``README.md``) in ``out_dir``, the figures beside them,
+and optionally the headline block of the project README (between ``<!-- results:begin -->`` and
+``<!-- results:end -->``). Every table states the command (and commit) that produced its numbers. A missing
+input is not an error: its page says which command makes it. The report only formats: it measures nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from curmoe._errors import InvalidInputError
+from curmoe._results import read_results
+
+__all__ = ["report", "SOURCES", "README_BEGIN", "README_END"]
+
+log = logging.getLogger(__name__)
+
+SOURCES = {
+    "compression": ("compression.json", "python benchmarks/compression.py"),
+    "gating": ("gating.json", "python benchmarks/gating.py"),
+    "runtime": ("runtime.json", "python benchmarks/runtime.py --json-file docs/results/data/runtime.json"),
+    "interpret": ("interpret.json", "python benchmarks/interpret.py"),
+}
+README_BEGIN = "<!-- results:begin (written by curmoe report; edits here are overwritten) -->"
+README_END = "<!-- results:end -->"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(head) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _source(data: dict[str, Any], file: str) -> str:
+    p = data["provenance"]
+    return (f"Measured by `{p['command']}` at commit `{p.get('commit') or '?'}` on {p.get('utc', '?')} UTC "
+            f"({p.get('machine', '?')}); numbers in [data/{file}](data/{file}).")
+
+
+def _g(x: float) -> str:
+    """Perplexities and ratios: 4 significant digits, plain notation up to 1e6."""
+    return f"{x:,.2f}" if x < 1e4 else f"{x:,.0f}" if x < 1e6 else f"{x:.3g}"
+
+
+# compression ----------------------------------------------------------------------------------------------------
+def _compression_rows(data: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    rows = data["rows"]
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    if dense is None:
+        raise InvalidInputError("compression.json has no 'dense' row; rerun benchmarks/compression.py")
+    if any("test" not in r for r in rows):
+        raise InvalidInputError("compression.json has rows without the test split (the reported one); rerun "
+                                "benchmarks/compression.py with --splits valid,test")
+    return dense, [r for r in rows if r["method"] != "dense"]
+
+
+def compression_table(data: dict[str, Any], ratios: list[float] | None = None, full: bool = True) -> str:
+    dense, rows = _compression_rows(data)
+    splits = data.get("splits", ["test"])
+    rows = [r for r in rows if ratios is None or r["ratio_target"] in ratios]
+    rows.sort(key=lambda r: (r["ratio_target"], r["test"]["ppl_token"]))
+    head = ["method", "expert params removed"]
+    if full:
+        head += ["all params removed", "mean output error"]
+    head += [f"{s} ppl (token)" for s in splits if s != "test"] + ["test ppl (token)", "test ppl (word)",
+                                                                   "test ppl / dense"]
+    if full:
+        head += ["compress s"]
+    out = []
+    for r in [dense] + rows:
+        line = [r["method"], f"{100 * r['ratio_expert_params']:.1f}%"]
+        if full:
+            line += [f"{100 * r['ratio_all_params']:.1f}%", f"{r['mean_output_error']:.3f}"]
+        line += [_g(r[s]["ppl_token"]) for s in splits if s != "test"]
+        line += [_g(r["test"]["ppl_token"]), _g(r["test"]["ppl_word"]),
+                 f"**{_g(r['test']['ppl_token'] / dense['test']['ppl_token'])}x**"]
+        if full:
+            line += [f"{r['compress_s']:.1f}"]
+        out.append(line)
+    return _table(head, out, "l" + "r" * (len(head) - 1))
+
+
+def _best_at(data: dict[str, Any], ratio: float) -> dict[str, Any] | None:
+    _, rows = _compression_rows(data)
+    at = [r for r in rows if r["ratio_target"] == ratio]
+    return min(at, key=lambda r: r["valid"]["ppl_token"] if "valid" in r else r["test"]["ppl_token"]) if at else None
+
+
+def compression_page(data: dict[str, Any], fig: str) -> str:
+    dense, rows = _compression_rows(data)
+    ratios = sorted({r["ratio_target"] for r in rows})
+    d = dense["test"]["ppl_token"]
+    lines = [
+        "# Compression quality on the shipped model", "",
+        f"Model `{data.get('model', '?')}` ({data.get('n_params', 0):,} parameters). Every expert matrix is "
+        "replaced by its factors at the target ratio. **Ratio**: the share of expert parameters removed (all "
+        "factors of all experts against their dense matrices), and, beside it, the share of all parameters "
+        "(embeddings and attention included, which are not compressed). Activation-aware methods calibrate on "
+        f"{data.get('calib', 'WikiText-2 train')}; no hyperparameter was tuned (every method runs with its "
+        "defaults; valid is shown beside test). **Mean output error**: mean over expert matrices of "
+        "`||(W - W') X^T||_F / ||W X^T||_F` on each expert's routed calibration tokens. Perplexity through ONNX "
+        "Runtime CPU (protocol: docs/perplexity.md).", "",
+        f"![perplexity relative to dense]({fig})", "",
+        compression_table(data), "",
+        _source(data, "compression.json"), "",
+        "## The poster's \"35.29 perplexity at 70% compression\"", "",
+    ]
+    at70, seed70 = _best_at(data, 0.7), next((r for r in rows if r["ratio_target"] == 0.7
+                                               and r["method"].startswith("cur-seed")), None)
+    if at70 is not None:
+        cur70 = min((r for r in rows if r["ratio_target"] == 0.7 and r["method"].startswith("cur")),
+                    key=lambda r: r["test"]["ppl_token"])
+        text = (f"The poster's base model and its dense perplexity are not stated, so 35.29 cannot be compared "
+                f"with any number here; only ratios to the dense model carry over. On this model, at 70% of "
+                f"expert parameters removed, the best method chosen on valid is **{at70['method']}** at "
+                f"{_g(at70['test']['ppl_token'] / d)}x the dense test perplexity; the best CUR variant is "
+                f"**{cur70['method']}** at {_g(cur70['test']['ppl_token'] / d)}x")
+        if seed70 is not None:
+            text += (f", and the poster's method (`seed` selection, U = pinv of the intersection) is at "
+                     f"{_g(seed70['test']['ppl_token'] / d)}x")
+        text += (". For 35.29 to be a modest loss at 70%, the poster's dense model would need a perplexity near "
+                 "35 already; none of the CUR variants here stays within 2x of dense at 70%.")
+        lines += [text, ""]
+    prompts = data.get("prompts", [])
+    if prompts:
+        lines += ["## Generated samples", "",
+                  f"Greedy continuations ({data.get('sample_tokens', '?')} tokens) of fixed prompts. A compressed "
+                  "model can keep a fair perplexity and still write broken text; these show it.", ""]
+        for ratio in [0.0] + ratios:
+            sel = [dense] if ratio == 0.0 else [r for r in rows if r["ratio_target"] == ratio]
+            lines += [f"### {'dense' if ratio == 0.0 else f'{int(round(ratio * 100))}% of expert parameters removed'}",
+                      ""]
+            for r in sel:
+                for p, s in zip(prompts, r.get("samples", [])):
+                    s = s.replace("|", "\\|").replace("\n", " ")
+                    lines.append(f"- **{r['method']}**: *{p}* {s}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+# gating -----------------------------------------------------------------------------------------------------------
+def gating_table(data: dict[str, Any], full: bool = True) -> str:
+    split = data.get("load_split", "test")
+    head = ["router", "evaluation", "valid ppl", "test ppl (token)", "test ppl (word)", "CV", "MaxVio",
+            "norm. entropy", "dropped"]
+    if full:
+        head += ["train s"]
+    out = []
+    for r in data["rows"]:
+        ld = r[split]["load"]
+        line = [r["router"], r["mode"], _g(r["valid"]["ppl_token"]) if "valid" in r else "-",
+                _g(r["test"]["ppl_token"]), _g(r["test"]["ppl_word"]), f"{ld['cv']:.3f}", f"{ld['max_vio']:.3f}",
+                f"{ld['entropy']:.4f}", f"{100 * ld['dropped_fraction']:.2f}%"]
+        if full:
+            line += [f"{r['train_wall_s']:.0f}"]
+        out.append(line)
+    return _table(head, out, "ll" + "r" * (len(head) - 2))
+
+
+def gating_page(data: dict[str, Any], fig: str) -> str:
+    rows = data["rows"]
+    split = data.get("load_split", "test")
+    r0 = rows[0]
+    lines = [
+        "# Routers trained alike: quality and load balance", "",
+        f"One architecture (preset `{data.get('preset', 'gating')}`, {r0['params']:,} parameters, 8 experts) "
+        f"trained with each router for the same {r0['steps']} steps ({r0['tokens']:,} tokens) on the same batches "
+        "(seed 0); only the router and its balancing mechanism differ (benchmarks/gating.py lists them). The "
+        "best checkpoint on a fixed valid slice is evaluated with the NumPy reference on the full valid and test "
+        f"splits. Load statistics on {split}, per MoE layer then averaged (definitions in docs/gating.md): **CV** "
+        "of the per-expert assignment counts (0 = perfectly even), **MaxVio** = max load / mean load - 1, "
+        "**normalised entropy** of the load distribution (1 = even), **dropped** = share of tokens that lost an "
+        "assignment to a capacity limit (switch) or that no expert chose (expert_choice).", "",
+        gating_table(data), "",
+        f"![expert load per router]({fig})", "",
+        _source(data, "gating.json"), "",
+    ]
+    tf = next((r for r in rows if r["router"] == "expert_choice" and r["mode"] == "teacher-forced"), None)
+    ca = next((r for r in rows if r["router"] == "expert_choice" and r["mode"] != "teacher-forced"), None)
+    if tf is not None and ca is not None:
+        best = min((r for r in rows if r["router"] != "expert_choice"), key=lambda r: r["valid"]["ppl_token"],
+                   default=None)
+        lines += [
+            "## ExpertChoice: balanced by construction, and non-causal", "",
+            f"Teacher-forced, expert_choice has CV {tf[split]['load']['cv']:.3f}: every expert takes exactly its "
+            "capacity, so its balance is perfect by construction, not learned. But each expert ranks the whole "
+            "sequence, so whether token t reaches an expert depends on tokens after t: its teacher-forced test "
+            f"perplexity ({_g(tf['test']['ppl_token'])}) is computed with information from the future and is not "
+            "that of a model that can generate. Generating, the model routes each new token alone with its top-k "
+            f"fallback; scored that way its test perplexity is **{_g(ca['test']['ppl_token'])}** with CV "
+            f"{ca[split]['load']['cv']:.3f} "
+            f"and MaxVio {ca[split]['load']['max_vio']:.3f}"
+            + (f", against {_g(best['test']['ppl_token'])} for the best causal router ({best['router']})."
+               if best else ".")
+            + " So the poster's \"ExpertChoice achieves optimal load balancing\" holds only for the non-causal "
+              "full-sequence pass (training, scoring); it says nothing about decoding, where the balance and the "
+              "quality are those of the fallback.", "",
+        ]
+    lines += ["## Training commands", ""] + [f"- `{r['train_command']}`" for r in rows if r["mode"] != "causal "
+                                              "decoding (topk fallback)"] + [""]
+    return "\n".join(lines)
+
+
+# runtime ----------------------------------------------------------------------------------------------------------
+def runtime_table(data: dict[str, Any], rows_filter: Callable[[dict[str, Any]], bool] | None = None) -> str:
+    rows = [r for r in data["rows"] if rows_filter is None or rows_filter(r)]
+    pre = data.get("prefill_lengths") or sorted(int(k.split("_")[1]) for k in data["rows"][0]
+                                                 if k.startswith("prefill_"))
+    base = next((r for r in data["rows"] if r["row"] == "ORT cpu dense sparse dispatch"), data["rows"][0])
+    head = ["row", "decode tok/s", f"x {base['row']}", "roofline tok/s", "% roofline"] + [
+        f"prefill T={t} ms" for t in pre]
+    out = [[r["row"], f"{r['decode_tok_s']:.1f}", f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}",
+            f"{r['roofline_tok_s']:.0f}", f"{100 * r['roofline_frac']:.0f}%"]
+           + [f"{r[f'prefill_{t}_ms']:.1f}" for t in pre] for r in rows]
+    return _table(head, out)
+
+
+def runtime_page(data: dict[str, Any], fig: str) -> str:
+    return "\n".join([
+        "# Runtimes", "",
+        f"Model `{data.get('model', '?')}`, {data.get('threads', '?')} threads, decode {data.get('decode_steps', '?')} "
+        f"steps after a 16-token prompt (batch 1, KV cache), best of {data.get('repeats', '?')}. Roofline: bytes a "
+        "decode step must read (attention, router, the experts a token uses, LM head; float32) over the measured "
+        f"copy bandwidth ({data['bandwidth'] / 1e9:.1f} GB/s). All rows come from one run on a shared machine: "
+        "compare rows, not runs. Only the runtimes available on this machine (Linux, CPU) appear; GPU providers, "
+        "Core ML and Intel GPU were not measured.", "",
+        f"![decode tokens/s]({fig})", "",
+        runtime_table(data), "",
+        _source(data, "runtime.json"), "",
+    ])
+
+
+# interpretability -----------------------------------------------------------------------------------------------
+def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
+    lines = [
+        "# What CUR keeps", "",
+        "C holds real columns of W (input features) and R real rows (output units), so each compressed expert "
+        "can say what it kept. Activation energy of a column: `E[x_j^2]` of the matrix input on the expert's "
+        "routed calibration tokens; of a row: `E[y_i^2]`, the mean square of that output unit "
+        f"({data.get('calib', 'WikiText-2 train')}).", "",
+        "## Kept indices against activation energy", "",
+        "Share of the total energy held by the kept indices, averaged over all expert matrices, against the share "
+        "a random choice of the same size holds on average:", "",
+        _table(["method", "removed", "side", "kept energy share", "random choice", "lowest matrix"],
+               [[r["method"], f"{int(round(100 * r['ratio']))}%", r["side"], f"{r['energy_share']:.3f}",
+                 f"{r['uniform_share']:.3f}", f"{r['energy_share_min']:.3f}"] for r in data["rows"]]), "",
+        f"![kept indices against energy]({figs['profile']})", "",
+        "## Overlap across the experts of a layer", "",
+        "Jaccard index of kept sets between experts, in the index spaces they share (the residual stream: "
+        "input features of `up`, output rows of `down`), against the Jaccard of two random sets of the same size:",
+        "",
+        _table(["method", "removed", "index space", "layer", "mean Jaccard", "chance"],
+               [[r["method"], f"{int(round(100 * r['ratio']))}%", r["what"], r["layer"], f"{r['mean_offdiag']:.3f}",
+                 f"{r['chance']:.3f}"] for r in data["jaccard"] if r["ratio"] == 0.7]), "",
+        f"![Jaccard heat maps]({figs['jaccard']})", "",
+        "## Kept sets as the ratio grows", "",
+        "Share of the set kept at the higher ratio that is inside the set kept at the next lower ratio (1 = "
+        "nested: compressing further only drops indices):", "",
+        _table(["method", "from", "to", "side", "contained (mean)", "contained (lowest)"],
+               [[r["method"], f"{int(round(100 * r['from']))}%", f"{int(round(100 * r['to']))}%", r["side"],
+                 f"{r['contained']:.3f}", f"{r['contained_min']:.3f}"] for r in data["nesting"]]), "",
+        f"![kept sets against ratio]({figs['ratio']})", "",
+        _source(data, "interpret.json"), "",
+    ]
+    return "\n".join(lines)
+
+
+# driver -----------------------------------------------------------------------------------------------------------
+def _missing(name: str) -> str:
+    file, cmd = SOURCES[name]
+    return f"*Not measured yet: `{cmd}` writes `data/{file}`, then rerun `curmoe report`.*"
+
+
+def headline(results: dict[str, dict[str, Any]], link: str = "docs/results") -> str:
+    """The README block: the compression table at 50% and 70%, the router table and the figures, with links."""
+    parts = [README_BEGIN, "",
+             f"Measured on this repository's shipped model and machine; every number links to the command that "
+             f"made it in [{link}/]({link}/README.md).", ""]
+    if "compression" in results:
+        d = results["compression"]
+        parts += ["**Compression** (WikiText-2 test, ratio = share of expert parameters removed; "
+                  f"[all ratios, samples]({link}/compression.md)):", "",
+                  compression_table(d, ratios=[0.5, 0.7], full=False), "",
+                  f"![compression]({link}/compression.png)", ""]
+    if "gating" in results:
+        parts += [f"**Routers trained alike** ([details]({link}/gating.md)):", "",
+                  gating_table(results["gating"], full=False), ""]
+    if "runtime" in results:
+        parts += [f"**Runtimes** ([all rows]({link}/runtime.md)):", "", f"![runtimes]({link}/runtime.png)", ""]
+    if "interpret" in results:
+        parts += [f"**What CUR keeps** ([details]({link}/interpretability.md)):", "",
+                  f"![Jaccard]({link}/interpret_jaccard.png)", ""]
+    parts.append(README_END)
+    return "\n".join(parts)
+
+
+def update_readme(readme: Path, block: str) -> Path:
+    """Replace the text between the results markers of ``readme`` with ``block`` (markers included)."""
+    text = readme.read_text()
+    pat = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+    if not pat.search(text):
+        raise InvalidInputError(f"{readme} has no results block; add the two lines\n{README_BEGIN}\n{README_END}\n"
+                                "where the headline results should go")
+    return _write(readme, pat.sub(lambda _: block, text, count=1))
+
+
+def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str | os.PathLike[str] | None = None,
+           *, readme: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Write the results pages and figures; returns ``{"written": [paths], "missing": [names]}``."""
+    from curmoe import _report_figures as figs
+
+    data_dir = Path(data_dir)
+    out = Path(out_dir) if out_dir is not None else data_dir.parent
+    if not data_dir.is_dir():
+        raise InvalidInputError(f"no results folder at {data_dir}; run the benchmarks (see {__name__}) or pass "
+                                "--data DIR")
+    results = {name: read_results(data_dir / file) for name, (file, _) in SOURCES.items()
+               if (data_dir / file).exists()}
+    missing = [n for n in SOURCES if n not in results]
+    for n in missing:
+        log.warning("no %s results (%s); its page says how to make them", n, SOURCES[n][0])
+    written: list[Path] = []
+    pages = {"compression": "compression.md", "gating": "gating.md", "runtime": "runtime.md",
+             "interpret": "interpretability.md"}
+    for name, page in pages.items():
+        d = results.get(name)
+        if d is None:
+            text = f"# {page[:-3].capitalize()}\n\n{_missing(name)}\n"
+        elif name == "compression":  # the page first: it checks the data the figure reads
+            text = compression_page(d, "compression.png")
+            written.append(figs.compression_figure(d, out / "compression.png"))
+        elif name == "gating":
+            text = gating_page(d, "gating_load.png")
+            written.append(figs.gating_figure(d, out / "gating_load.png"))
+        elif name == "runtime":
+            text = runtime_page(d, "runtime.png")
+            written.append(figs.runtime_figure(d, out / "runtime.png"))
+        else:
+            text = interpret_page(d, {"profile": "interpret_profile.png", "jaccard": "interpret_jaccard.png",
+                                      "ratio": "interpret_ratio.png"})
+            written += [figs.profile_figure(d, out / "interpret_profile.png"),
+                        figs.jaccard_figure(d, out / "interpret_jaccard.png"),
+                        figs.ratio_figure(d, out / "interpret_ratio.png")]
+        written.append(_write(out / page, text))
+    index = ["# Results", "",
+             "Written by `curmoe report` from the measurements in [data/](data/); each page names the command that "
+             "made its numbers. Regenerate: run the benchmark, then `curmoe report`.", "",
+             _table(["page", "measurement", "made by"],
+                    [[f"[{pages[n]}]({pages[n]})", SOURCES[n][0], f"`{SOURCES[n][1]}`"
+                      + (" (not run yet)" if n in missing else "")] for n in SOURCES]), "",
+             headline(results, link=".").replace(README_BEGIN, "").replace(README_END, "").strip(), ""]
+    written.append(_write(out / "README.md", "\n".join(index)))
+    if readme is not None:
+        written.append(update_readme(Path(readme), headline(results)))
+    return {"written": [str(p) for p in written], "missing": missing}
