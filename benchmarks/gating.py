@@ -93,7 +93,8 @@ def _load_stats(model: curmoe.Model) -> tuple[Any, list]:
     return fn, stats
 
 
-def evaluate_model(model: curmoe.Model, splits: list[str], data_dir: str | None) -> dict[str, Any]:
+def evaluate_model(model: curmoe.Model, splits: list[str], data_dir: str | None,
+                   max_tokens: int | None = None) -> dict[str, Any]:
     """Token/word perplexity on each split, and the load statistics of the last split (test)."""
     from curmoe._data import load_wikitext2
     from curmoe._perplexity import perplexity
@@ -108,7 +109,7 @@ def evaluate_model(model: curmoe.Model, splits: list[str], data_dir: str | None)
         fn, stats = _load_stats(model)
         t0 = time.perf_counter()
         r = perplexity(fn, ids, n_words=data.n_words, context=model.config.max_seq_len, batch_size=8,
-                       split=f"wikitext2:{split}", joined=JOINED)
+                       split=f"wikitext2:{split}", joined=JOINED, max_tokens=max_tokens)
         row[split] = {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "tokens": r.tokens,
                       "eval_s": round(time.perf_counter() - t0, 1)}
         layers = [st.summary() for st in stats if st.n_tokens]
@@ -120,7 +121,7 @@ def evaluate_model(model: curmoe.Model, splits: list[str], data_dir: str | None)
 
 
 def evaluate_all(routers: list[str], runs: Path, data_dir: str | None, splits: list[str], out: Path,
-                 steps: int, threads: int, argv: list[str] | None) -> None:
+                 steps: int, threads: int, argv: list[str] | None, max_tokens: int | None = None) -> None:
     results: dict[str, Any] = {"provenance": provenance(argv), "preset": "gating", "splits": splits,
                                "load_split": splits[-1], "rows": []}
     for router in routers:
@@ -135,7 +136,7 @@ def evaluate_all(routers: list[str], runs: Path, data_dir: str | None, splits: l
                    "best_step": summary["best_step"],
                    "train_command": " ".join(train_command(router, Path(f"runs/gating/{router}"), data_dir, steps,
                                                            threads)[1:]).replace(str(ROOT) + "/", ""),
-                   } | evaluate_model(m, splits, data_dir)
+                   } | evaluate_model(m, splits, data_dir, max_tokens)
             results["rows"].append(row)
             write_results(out, results)
             last = row[splits[-1]]
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--splits", default="valid,test", help="load statistics come from the last one")
     p.add_argument("--train-only", action="store_true")
+    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens (smoke runs)")
     p.add_argument("--out", type=Path, default=ROOT / "docs/results/data/gating.json")
     args = p.parse_args(argv)
     routers = args.routers.split(",")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     train_all(routers, args.runs, args.data_dir, args.steps, args.threads)
     if not args.train_only:
         evaluate_all(routers, args.runs, args.data_dir, args.splits.split(","), args.out, args.steps, args.threads,
-                     argv)
+                     argv, args.max_tokens)
     return 0
 
 

@@ -61,7 +61,8 @@ def compression_figure(data: dict[str, Any], path: Path, split: str = "test") ->
     ax.set_ylabel(f"WikiText-2 {split} perplexity / dense")
     ax.set_title(f"Compression quality (dense {split} ppl {dense:.2f})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if methods:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
