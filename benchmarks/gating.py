@@ -2,7 +2,9 @@
 
 Every router trains the ``gating`` preset of ``python -m curmoe.models.train`` (2 layers, d_model 96, 8 SwiGLU
 experts of d_ff 128, top-2 compute) for the same number of steps on the same batches (same seed, same tokenizer:
-the shipped model's 8k BPE). Only the router and its balancing mechanism differ:
+the shipped model's 8k BPE). Only the router and its balancing mechanism differ. Every router is trained once per
+``--seeds`` value (the seed sets the initialisation and the batch order), so the spread between seeds shows which
+differences are noise:
 
 ==============  ==========================================================================================
 topk            softmax top-2, renormalised, Switch auxiliary loss (coefficient 0.01)
@@ -21,7 +23,8 @@ its ``topk`` fallback routes every token (see :func:`causal_config`).
 
     python benchmarks/gating.py --out docs/results/data/gating.json      # trains what is missing, then evaluates
 
-Runs land in ``--runs`` (default runs/gating/ROUTER); a router whose ``train_summary.json`` exists is not retrained.
+Runs land in ``--runs`` (default runs/gating/ROUTER-sSEED); a run whose ``train_summary.json`` exists is not
+retrained.
 """
 
 from __future__ import annotations
@@ -53,29 +56,39 @@ ROUTER_FLAGS: dict[str, list[str]] = {
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train_command(router: str, out: Path, data_dir: str | None, steps: int, threads: int) -> list[str]:
+def train_command(router: str, out: Path, data_dir: str | None, steps: int, threads: int, seed: int = 0) -> list[str]:
     """The training command for one router (recorded in the results)."""
     cmd = [sys.executable, "-m", "curmoe.models.train", "--preset", "gating", "--router", router,
-           "--steps", str(steps), "--seed", "0", "--tokenizer", str(ROOT / "models/wt2-moe-8x/tokenizer.json"),
+           "--steps", str(steps), "--seed", str(seed), "--tokenizer", str(ROOT / "models/wt2-moe-8x/tokenizer.json"),
            "--threads", str(threads), "--out", str(out), *ROUTER_FLAGS[router]]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return cmd
 
 
-def train_all(routers: list[str], runs: Path, data_dir: str | None, steps: int, threads: int) -> None:
-    for router in routers:
-        out = runs / router
-        if (out / "train_summary.json").exists():
-            print(f"{router}: trained already ({out})", flush=True)
-            continue
-        cmd = train_command(router, out, data_dir, steps, threads)
-        print(f"{router}: {' '.join(cmd)}", flush=True)
-        t0 = time.perf_counter()
-        with (runs / f"{router}.log").open("w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env=os.environ | {"PYTHONUNBUFFERED": "1"})
-        print(f"{router}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+def run_dir(runs: Path, router: str, seed: int) -> Path:
+    return runs / f"{router}-s{seed}"
+
+
+def train_all(routers: list[str], seeds: list[int], runs: Path, data_dir: str | None, steps: int,
+              threads: int) -> None:
+    for seed in seeds:
+        for router in routers:
+            _train_one(router, seed, runs, data_dir, steps, threads)
+
+
+def _train_one(router: str, seed: int, runs: Path, data_dir: str | None, steps: int, threads: int) -> None:
+    out = run_dir(runs, router, seed)
+    if (out / "train_summary.json").exists():
+        print(f"{router} seed {seed}: trained already ({out})", flush=True)
+        return
+    cmd = train_command(router, out, data_dir, steps, threads, seed)
+    print(f"{router} seed {seed}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with out.with_suffix(".log").open("w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    print(f"{router} seed {seed}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def _load_stats(model: curmoe.Model) -> tuple[Any, list]:
@@ -120,27 +133,28 @@ def evaluate_model(model: curmoe.Model, splits: list[str], data_dir: str | None,
     return row
 
 
-def evaluate_all(routers: list[str], runs: Path, data_dir: str | None, splits: list[str], out: Path,
-                 steps: int, threads: int, argv: list[str] | None, max_tokens: int | None = None) -> None:
+def evaluate_all(routers: list[str], seeds: list[int], runs: Path, data_dir: str | None, splits: list[str],
+                 out: Path, steps: int, threads: int, argv: list[str] | None, max_tokens: int | None = None) -> None:
     results: dict[str, Any] = {"provenance": provenance(argv), "preset": "gating", "splits": splits,
-                               "load_split": splits[-1], "rows": []}
-    for router in routers:
-        summary = json.loads((runs / router / "train_summary.json").read_text())
-        model = curmoe.load(runs / router / "best", dtype=np.float32)
+                               "load_split": splits[-1], "seeds": seeds, "rows": []}
+    for router, seed in ((r, s) for s in seeds for r in routers):
+        summary = json.loads((run_dir(runs, router, seed) / "train_summary.json").read_text())
+        model = curmoe.load(run_dir(runs, router, seed) / "best", dtype=np.float32)
         variants = [("teacher-forced" if router == "expert_choice" else "causal", model)]
         if router == "expert_choice":
             variants.append(("causal decoding (topk fallback)", curmoe.causal_twin(model)))
         for mode, m in variants:
-            row = {"router": router, "mode": mode, "params": summary["params"], "steps": summary["steps"],
+            row = {"router": router, "mode": mode, "seed": seed, "params": summary["params"], "steps": summary["steps"],
                    "tokens": summary["tokens"], "train_wall_s": summary["train_wall_s"],
                    "best_step": summary["best_step"],
-                   "train_command": " ".join(train_command(router, Path(f"runs/gating/{router}"), data_dir, steps,
-                                                           threads)[1:]).replace(str(ROOT) + "/", ""),
+                   "train_command": " ".join(train_command(router, run_dir(Path("runs/gating"), router, seed),
+                                                           data_dir, steps, threads, seed)[1:]).replace(
+                                                               str(ROOT) + "/", ""),
                    } | evaluate_model(m, splits, data_dir, max_tokens)
             results["rows"].append(row)
             write_results(out, results)
             last = row[splits[-1]]
-            print(f"{router:14s} {mode:32s} " + "  ".join(f"{s} ppl {row[s]['ppl_token']:8.2f}" for s in splits)
+            print(f"{router:14s} {mode:32s} seed {seed} " + "  ".join(f"{s} ppl {row[s]['ppl_token']:8.2f}" for s in splits)
                   + f"  cv {last['load']['cv']:.3f}  max_vio {last['load']['max_vio']:.3f}"
                   f"  entropy {last['load']['entropy']:.3f}  dropped {last['load']['dropped_fraction']:.4f}",
                   flush=True)
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routers", default=",".join(ROUTERS))
     p.add_argument("--runs", type=Path, default=ROOT / "runs/gating")
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seeds", default="0,1", help="one training run per router and seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--splits", default="valid,test", help="load statistics come from the last one")
@@ -160,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     routers = args.routers.split(",")
     args.runs.mkdir(parents=True, exist_ok=True)
-    train_all(routers, args.runs, args.data_dir, args.steps, args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    train_all(routers, seeds, args.runs, args.data_dir, args.steps, args.threads)
     if not args.train_only:
-        evaluate_all(routers, args.runs, args.data_dir, args.splits.split(","), args.out, args.steps, args.threads,
+        evaluate_all(routers, seeds, args.runs, args.data_dir, args.splits.split(","), args.out, args.steps, args.threads,
                      argv, args.max_tokens)
     return 0
 

@@ -173,65 +173,102 @@ def compression_page(data: dict[str, Any], fig: str) -> str:
 
 
 # gating -----------------------------------------------------------------------------------------------------------
-def gating_table(data: dict[str, Any], full: bool = True) -> str:
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def gating_groups(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per (router, evaluation mode), in file order, averaging over the seeds that trained it."""
     split = data.get("load_split", "test")
-    head = ["router", "evaluation", "valid ppl", "test ppl (token)", "test ppl (word)", "CV", "MaxVio",
-            "norm. entropy", "dropped"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in data["rows"]:
+        groups.setdefault((r["router"], r["mode"]), []).append(r)
+    out = []
+    for (router, mode), rs in groups.items():
+        g: dict[str, Any] = {"router": router, "mode": mode, "seeds": [r.get("seed", 0) for r in rs], "rows": rs,
+                             "test_ppl": [r["test"]["ppl_token"] for r in rs],
+                             "train_wall_s": _mean([r["train_wall_s"] for r in rs])}
+        for k in ("ppl_token", "ppl_word"):
+            g[f"test_{k}"] = _mean([r["test"][k] for r in rs])
+        g["valid_ppl_token"] = _mean([r["valid"]["ppl_token"] for r in rs]) if all("valid" in r for r in rs) else None
+        for k in ("cv", "max_vio", "entropy", "dropped_fraction"):
+            g[k] = _mean([r[split]["load"][k] for r in rs])
+        out.append(g)
+    return out
+
+
+def gating_table(data: dict[str, Any], full: bool = True) -> str:
+    groups = gating_groups(data)
+    n_seeds = max(len(g["seeds"]) for g in groups)
+    mean = " (mean)" if n_seeds > 1 else ""
+    head = ["router", "evaluation", f"valid ppl{mean}", f"test ppl (token){mean}"]
+    if n_seeds > 1:
+        head += ["test ppl per seed"]
+    head += [f"test ppl (word){mean}", "CV", "MaxVio", "norm. entropy", "dropped"]
     if full:
         head += ["train s"]
     out = []
-    for r in data["rows"]:
-        ld = r[split]["load"]
-        line = [r["router"], r["mode"], _g(r["valid"]["ppl_token"]) if "valid" in r else "-",
-                _g(r["test"]["ppl_token"]), _g(r["test"]["ppl_word"]), f"{ld['cv']:.3f}", f"{ld['max_vio']:.3f}",
-                f"{ld['entropy']:.4f}", f"{100 * ld['dropped_fraction']:.2f}%"]
+    for g in groups:
+        line = [g["router"], g["mode"], _g(g["valid_ppl_token"]) if g["valid_ppl_token"] is not None else "-",
+                _g(g["test_ppl_token"])]
+        if n_seeds > 1:
+            line += [", ".join(_g(x) for x in g["test_ppl"])]
+        line += [_g(g["test_ppl_word"]), f"{g['cv']:.3f}", f"{g['max_vio']:.3f}", f"{g['entropy']:.4f}",
+                 f"{100 * g['dropped_fraction']:.2f}%"]
         if full:
-            line += [f"{r['train_wall_s']:.0f}"]
+            line += [f"{g['train_wall_s']:.0f}"]
         out.append(line)
     return _table(head, out, "ll" + "r" * (len(head) - 2))
 
 
 def gating_page(data: dict[str, Any], fig: str) -> str:
-    rows = data["rows"]
+    groups = gating_groups(data)
     split = data.get("load_split", "test")
-    r0 = rows[0]
+    r0 = data["rows"][0]
+    seeds = sorted({s for g in groups for s in g["seeds"]})
     lines = [
         "# Routers trained alike: quality and load balance", "",
-        f"One architecture (preset `{data.get('preset', 'gating')}`, {r0['params']:,} parameters, 8 experts) "
-        f"trained with each router for the same {r0['steps']} steps ({r0['tokens']:,} tokens) on the same batches "
-        "(seed 0); only the router and its balancing mechanism differ (benchmarks/gating.py lists them). The "
-        "best checkpoint on a fixed valid slice is evaluated with the NumPy reference on the full valid and test "
-        f"splits. Load statistics on {split}, per MoE layer then averaged (definitions in docs/gating.md): **CV** "
-        "of the per-expert assignment counts (0 = perfectly even), **MaxVio** = max load / mean load - 1, "
-        "**normalised entropy** of the load distribution (1 = even), **dropped** = share of tokens that lost an "
-        "assignment to a capacity limit (switch) or that no expert chose (expert_choice).", "",
+        f"One architecture (preset `{data.get('preset', 'gating')}`, {r0['params']:,} parameters, 8 experts of "
+        f"which 2 per token, 1 for switch) trained with each router for the same {r0['steps']} steps "
+        f"({r0['tokens']:,} tokens) on the same batches, once per seed ({', '.join(map(str, seeds))}: the seed sets "
+        "the initialisation and the batch order); only the router and its balancing mechanism differ "
+        "(benchmarks/gating.py lists them). Equal budget means equal steps and tokens: switch (top-1) spends half "
+        "the expert compute of the others. The best checkpoint on a fixed valid slice is evaluated with the NumPy "
+        "reference on the full valid and test splits (context 128, non-overlapping windows). Load statistics on "
+        f"{split}, per MoE layer, averaged over layers and seeds (definitions in docs/gating.md): **CV** of the "
+        "per-expert assignment counts (0 = perfectly even), **MaxVio** = max load / mean load - 1, **normalised "
+        "entropy** of the load distribution (1 = even), **dropped** = share of tokens that lost an assignment to a "
+        "capacity limit (switch) or that no expert chose (expert_choice).", "",
         gating_table(data), "",
         f"![expert load per router]({fig})", "",
         _source(data, "gating.json"), "",
     ]
-    tf = next((r for r in rows if r["router"] == "expert_choice" and r["mode"] == "teacher-forced"), None)
-    ca = next((r for r in rows if r["router"] == "expert_choice" and r["mode"] != "teacher-forced"), None)
+    if len(seeds) > 1:
+        spread = max(max(g["test_ppl"]) / min(g["test_ppl"]) - 1 for g in groups)
+        lines += [f"Between seeds, a router's test perplexity moves by up to {100 * spread:.1f}%: smaller "
+                  "differences between routers are not evidence of a difference.", ""]
+    tf = next((g for g in groups if g["router"] == "expert_choice" and g["mode"] == "teacher-forced"), None)
+    ca = next((g for g in groups if g["router"] == "expert_choice" and g["mode"] != "teacher-forced"), None)
     if tf is not None and ca is not None:
-        best = min((r for r in rows if r["router"] != "expert_choice"), key=lambda r: r["valid"]["ppl_token"],
-                   default=None)
+        best = min((g for g in groups if g["router"] != "expert_choice"),
+                   key=lambda g: g["valid_ppl_token"] or g["test_ppl_token"], default=None)
         lines += [
             "## ExpertChoice: balanced by construction, and non-causal", "",
-            f"Teacher-forced, expert_choice has CV {tf[split]['load']['cv']:.3f}: every expert takes exactly its "
+            f"Teacher-forced, expert_choice has CV {tf['cv']:.3f}: every expert takes exactly its "
             "capacity, so its balance is perfect by construction, not learned. But each expert ranks the whole "
             "sequence, so whether token t reaches an expert depends on tokens after t: its teacher-forced test "
-            f"perplexity ({_g(tf['test']['ppl_token'])}) is computed with information from the future and is not "
+            f"perplexity ({_g(tf['test_ppl_token'])}) is computed with information from the future and is not "
             "that of a model that can generate. Generating, the model routes each new token alone with its top-k "
-            f"fallback; scored that way its test perplexity is **{_g(ca['test']['ppl_token'])}** with CV "
-            f"{ca[split]['load']['cv']:.3f} "
-            f"and MaxVio {ca[split]['load']['max_vio']:.3f}"
-            + (f", against {_g(best['test']['ppl_token'])} for the best causal router ({best['router']})."
+            f"fallback (`curmoe.causal_twin`); scored that way its test perplexity is "
+            f"**{_g(ca['test_ppl_token'])}** with CV {ca['cv']:.3f} and MaxVio {ca['max_vio']:.3f}"
+            + (f", against {_g(best['test_ppl_token'])} for the best causal router on valid ({best['router']})."
                if best else ".")
             + " So the poster's \"ExpertChoice achieves optimal load balancing\" holds only for the non-causal "
               "full-sequence pass (training, scoring); it says nothing about decoding, where the balance and the "
               "quality are those of the fallback.", "",
         ]
-    lines += ["## Training commands", ""] + [f"- `{r['train_command']}`" for r in rows if r["mode"] != "causal "
-                                              "decoding (topk fallback)"] + [""]
+    lines += ["## Training commands", ""] + [f"- `{r['train_command']}`" for r in data["rows"]
+                                              if r["mode"] != "causal decoding (topk fallback)"] + [""]
     return "\n".join(lines)
 
 
@@ -305,11 +342,12 @@ def _missing(name: str) -> str:
     return f"*Not measured yet: `{cmd}` writes `data/{file}`, then rerun `curmoe report`.*"
 
 
-def headline(results: dict[str, dict[str, Any]], link: str = "docs/results") -> str:
+def headline(results: dict[str, dict[str, Any]], link: str = "docs/results", intro: bool = True) -> str:
     """The README block: the compression table at 50% and 70%, the router table and the figures, with links."""
-    parts = [README_BEGIN, "",
-             f"Measured on this repository's shipped model and machine; every number links to the command that "
-             f"made it in [{link}/]({link}/README.md).", ""]
+    parts = [README_BEGIN, ""]
+    if intro:
+        parts += [f"Written by `curmoe report --readme README.md` from the stored measurements; every page in "
+                  f"[{link}/]({link}/README.md) names the command that made its numbers.", ""]
     if "compression" in results:
         d = results["compression"]
         parts += ["**Compression** (WikiText-2 test, ratio = share of expert parameters removed; "
@@ -382,7 +420,7 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
              _table(["page", "measurement", "made by"],
                     [[f"[{pages[n]}]({pages[n]})", SOURCES[n][0], f"`{SOURCES[n][1]}`"
                       + (" (not run yet)" if n in missing else "")] for n in SOURCES]), "",
-             headline(results, link=".").replace(README_BEGIN, "").replace(README_END, "").strip(), ""]
+             headline(results, link=".", intro=False).replace(README_BEGIN, "").replace(README_END, "").strip(), ""]
     written.append(_write(out / "README.md", "\n".join(index)))
     if readme is not None:
         written.append(update_readme(Path(readme), headline(results)))

@@ -69,7 +69,8 @@ def compression_figure(data: dict[str, Any], path: Path, split: str = "test") ->
 def gating_figure(data: dict[str, Any], path: Path) -> Path:
     """Per router: each layer's share of expert assignments on the load split, against the uniform share."""
     plt = _plt()
-    rows = data["rows"]
+    first = min(r.get("seed", 0) for r in data["rows"])
+    rows = [r for r in data["rows"] if r.get("seed", 0) == first]  # one training run per router
     split = data.get("load_split", "test")
     n = len(rows)
     cols = min(n, 4)
@@ -91,7 +92,7 @@ def gating_figure(data: dict[str, Any], path: Path) -> Path:
         ax.axis("off")
     axes.flat[0].set_ylabel("share of assignments")
     axes.flat[0].legend(fontsize=6)
-    fig.suptitle(f"Expert load per router (WikiText-2 {split}; dotted: uniform)", fontsize=10)
+    fig.suptitle(f"Expert load per router (WikiText-2 {split}, seed {first}; dotted: uniform)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

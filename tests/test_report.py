@@ -50,6 +50,8 @@ def gating_data() -> dict:
         rows.append({"router": router, "mode": mode, "params": 1000, "steps": 10, "tokens": 2000,
                      "train_wall_s": 5.0, "best_step": 10, "train_command": f"-m curmoe.models.train --router {router}",
                      "valid": _ppl(ppl * 1.1), "test": _ppl(ppl) | {"load": load(cv)}})
+    rows = [r | {"seed": 0} for r in rows]
+    rows.append(rows[0] | {"seed": 1, "test": _ppl(110.0) | {"load": load(0.3)}})  # a second seed of topk
     return {"provenance": _prov("python benchmarks/gating.py"), "preset": "gating", "splits": ["valid", "test"],
             "load_split": "test", "rows": rows}
 
@@ -84,7 +86,9 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     assert "x \\| y" in comp  # a '|' in a sample cannot break the Markdown
     gat = (res / "gating.md").read_text()
     assert "causal decoding (topk fallback)" in gat and "CV 0.000" in gat
-    assert "test perplexity is **300.00**" in gat and "against 100.00 for the best causal router (topk)" in gat
+    assert "test perplexity is **300.00**" in gat and "against 105.00 for the best causal router on valid (topk)" in gat
+    assert "| topk | causal | 110.00 | 105.00 | 100.00, 110.00 | 210.00 | 0.200 |" in gat  # means over seeds
+    assert "moves by up to 10.0%" in gat
     run = (res / "runtime.md").read_text()
     assert "| torch eager (dense) | 125.0 | 0.25 |" in run
     assert "Not measured yet: `python benchmarks/interpret.py`" in (res / "interpretability.md").read_text()
