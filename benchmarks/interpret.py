@@ -34,7 +34,10 @@ from curmoe._compress import calibrate
 from curmoe._demo import shipped_model_dir
 from curmoe._results import provenance, write_results
 
-METHODS = {"cur-deim": dict(selection="deim"), "cur-deim aware": dict(selection="deim", activation_aware=True)}
+# The default (randomized range finder) and, for the nesting question, the same rule on the exact SVD: DEIM picks
+# index j from the first j singular vectors only, so with one exact basis the kept sets are nested across ranks.
+METHODS = {"cur-deim": dict(selection="deim"), "cur-deim aware": dict(selection="deim", activation_aware=True),
+           "cur-deim aware, exact SVD": dict(selection="deim", activation_aware=True, randomized=False)}
 
 
 def energies(model: curmoe.Model, calib: Any, key: str) -> tuple[np.ndarray, np.ndarray]:

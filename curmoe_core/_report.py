@@ -302,6 +302,21 @@ def runtime_page(data: dict[str, Any], fig: str) -> str:
 
 
 # interpretability -----------------------------------------------------------------------------------------------
+def _jaccard_table(data: dict[str, Any], ratio: float) -> str:
+    """Mean off-diagonal Jaccard per (method, index space) and layer, at one ratio."""
+    rows = [r for r in data["jaccard"] if r["ratio"] == ratio]
+    layers = sorted({r["layer"] for r in rows})
+    keys = list(dict.fromkeys((r["method"], r["what"]) for r in rows))
+    out = []
+    for method, what in keys:
+        sel = {r["layer"]: r for r in rows if r["method"] == method and r["what"] == what}
+        out.append([method, what] + [f"{sel[layer]['mean_offdiag']:.3f}" for layer in layers]
+                   + [f"{next(iter(sel.values()))['chance']:.3f}"])
+    return (f"At {int(round(100 * ratio))}% removed, mean Jaccard between the experts of each layer:\n\n"
+            + _table(["method", "index space"] + [f"layer {x}" for x in layers] + ["chance"], out,
+                     "ll" + "r" * (len(layers) + 1)))
+
+
 def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
     lines = [
         "# What CUR keeps", "",
@@ -320,9 +335,7 @@ def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
         "Jaccard index of kept sets between experts, in the index spaces they share (the residual stream: "
         "input features of `up`, output rows of `down`), against the Jaccard of two random sets of the same size:",
         "",
-        _table(["method", "removed", "index space", "layer", "mean Jaccard", "chance"],
-               [[r["method"], f"{int(round(100 * r['ratio']))}%", r["what"], r["layer"], f"{r['mean_offdiag']:.3f}",
-                 f"{r['chance']:.3f}"] for r in data["jaccard"] if r["ratio"] == 0.7]), "",
+        _jaccard_table(data, 0.7), "",
         f"![Jaccard heat maps]({figs['jaccard']})", "",
         "## Kept sets as the ratio grows", "",
         "Share of the set kept at the higher ratio that is inside the set kept at the next lower ratio (1 = "

@@ -38,3 +38,15 @@ def test_jaccard_bad_input():
         curmoe.jaccard([1], [-1, 2])
     with pytest.raises(curmoe.InvalidInputError, match=r"b must hold non-negative integer indices, got dtype float64"):
         curmoe.jaccard([1], [0.5])
+
+
+@given(seed=st.integers(0, 2**16), r1=st.integers(1, 6), extra=st.integers(0, 5))
+def test_deim_kept_sets_are_nested_across_ranks_with_the_exact_svd(seed, r1, extra):
+    """DEIM picks index j from the first j singular vectors only, so on one exact basis a smaller rank keeps a
+    subset of what a larger rank keeps (docs/results/interpretability.md measures how far the randomized basis
+    strays from this)."""
+    W = random_matrix(14, 18, seed, np.float64)
+    small = curmoe.cur(W, rank=r1, randomized=False)
+    big = curmoe.cur(W, rank=r1 + extra, randomized=False)
+    assert set(small.rows) <= set(big.rows)
+    assert set(small.cols) <= set(big.cols)

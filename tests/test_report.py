@@ -64,19 +64,36 @@ def runtime_data() -> dict:
             "repeats": 1, "prefill_lengths": [16, 256], "bandwidth": 1e10, "rows": rows}
 
 
+def interpret_data() -> dict:
+    methods, ratios = ("cur-deim", "cur-deim aware"), [0.5, 0.7]
+    energy = [{"method": m, "ratio": r, "side": side, "energy_share": 0.4, "uniform_share": 0.25,
+               "energy_share_min": 0.3} for m in methods for r in ratios for side in ("columns", "rows")]
+    jac = [{"method": m, "ratio": r, "what": w, "layer": layer, "matrix": [[1.0, 0.5], [0.5, 1.0]],
+            "mean_offdiag": 0.5 if layer else 0.25, "chance": 0.111, "kept": 2, "of": 8}
+           for m in methods for r in ratios for w in ("up columns", "down rows") for layer in (0, 1)]
+    nest = [{"method": m, "from": 0.5, "to": 0.7, "side": side, "contained": 0.875, "contained_min": 0.5}
+            for m in methods for side in ("columns", "rows")]
+    kept = {f"{m}@{r}": {"cols": [0, 3], "rows": [1]} for m in methods for r in ratios}
+    feat = [{"layer": 1, "expert": 0, "matrix": "up", "shape": [4, 8], "col_energy": [1.0 * i + 1 for i in range(8)],
+             "row_energy": [1.0, 2.0, 3.0, 4.0], "kept": kept}]
+    return {"provenance": _prov("python benchmarks/interpret.py"), "ratios": ratios, "rows": energy,
+            "jaccard": jac, "nesting": nest, "featured": feat}
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "results" / "data"
     write_results(d / "compression.json", compression_data())
     write_results(d / "gating.json", gating_data())
     write_results(d / "runtime.json", runtime_data())
+    write_results(d / "interpret.json", interpret_data())
     return d
 
 
 def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     out = report(data_dir)
     res = data_dir.parent
-    assert out["missing"] == ["interpret"]
+    assert out["missing"] == []
     comp = (res / "compression.md").read_text()
     assert "**8.00x**" in comp  # cur-deim aware at 0.7: test ppl 80 / dense 10
     assert "**2,000.00x**" in comp  # the poster's seed at 0.7: 20,000 / 10 (thousands separated)
@@ -91,11 +108,18 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     assert "moves by up to 10.0%" in gat
     run = (res / "runtime.md").read_text()
     assert "| torch eager (dense) | 125.0 | 0.25 |" in run
-    assert "Not measured yet: `python benchmarks/interpret.py`" in (res / "interpretability.md").read_text()
-    for png in ("compression.png", "gating_load.png", "runtime.png"):
+    interp = (res / "interpretability.md").read_text()
+    assert "| cur-deim aware | up columns | 0.250 | 0.500 | 0.111 |" in interp  # layers side by side, at 70%
+    assert "| cur-deim | 50% | 70% | rows | 0.875 | 0.500 |" in interp
+    for png in ("compression.png", "gating_load.png", "runtime.png", "interpret_profile.png",
+                "interpret_jaccard.png", "interpret_ratio.png"):
         assert (res / png).read_bytes()[:8] == PNG
     index = (res / "README.md").read_text()
-    assert "compression.md" in index and "(not run yet)" in index
+    assert "compression.md" in index and "(not run yet)" not in index
+    (data_dir / "interpret.json").unlink()
+    assert report(data_dir)["missing"] == ["interpret"]
+    assert "Not measured yet: `python benchmarks/interpret.py`" in (res / "interpretability.md").read_text()
+    assert "(not run yet)" in (res / "README.md").read_text()
     assert not list(res.glob(".*")), "temporary files left behind"
 
 
@@ -138,7 +162,7 @@ def test_bad_results_files_give_clear_errors(tmp_path: Path) -> None:
 def test_cli_report_and_provenance(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["report", "--data", str(data_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["missing"] == ["interpret"] and any(p.endswith("gating.md") for p in out["written"])
+    assert out["missing"] == [] and any(p.endswith("gating.md") for p in out["written"])
     assert cli(["report", "--data", str(data_dir / "nowhere")]) == 2
     assert "no results folder" in capsys.readouterr().err
     p = provenance(["--ratios", "0.5 0.7"], script="curmoe")
