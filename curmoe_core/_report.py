@@ -317,6 +317,27 @@ def _jaccard_table(data: dict[str, Any], ratio: float) -> str:
                      "ll" + "r" * (len(layers) + 1)))
 
 
+def _interpret_summary(data: dict[str, Any], ratio: float = 0.7) -> list[str]:
+    """Computed one-line findings at ``ratio``: energy kept against random, overlap against chance, nesting."""
+    out = []
+    for r in data["rows"]:
+        if r["ratio"] == ratio and r["side"] == "columns":
+            out.append(f"- {r['method']} keeps {100 * r['energy_share']:.1f}% of the input energy with "
+                       f"{100 * r['uniform_share']:.1f}% of the columns ({r['energy_share'] / r['uniform_share']:.2f}x "
+                       "a random choice).")
+    jac = [r for r in data["jaccard"] if r["ratio"] == ratio]
+    for m in dict.fromkeys(r["method"] for r in jac):
+        js = [r["mean_offdiag"] / r["chance"] for r in jac if r["method"] == m]
+        out.append(f"- {m}: experts of one layer share {min(js):.2f}x-{max(js):.2f}x the overlap of random sets.")
+    for m in dict.fromkeys(r["method"] for r in data["nesting"]):
+        cs = [r["contained"] for r in data["nesting"] if r["method"] == m]
+        span = f"{100 * min(cs):.0f}%" if round(100 * min(cs)) == round(100 * max(cs)) else \
+            f"{100 * min(cs):.0f}-{100 * max(cs):.0f}%"
+        out.append(f"- {m}: {span} of the indices kept at one ratio are also kept at the next lower ratio.")
+    return ([f"At {int(round(100 * ratio))}% removed (computed from the tables below):", ""] + out + [""]) if out \
+        else []
+
+
 def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
     lines = [
         "# What CUR keeps", "",
@@ -324,6 +345,7 @@ def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
         "can say what it kept. Activation energy of a column: `E[x_j^2]` of the matrix input on the expert's "
         "routed calibration tokens; of a row: `E[y_i^2]`, the mean square of that output unit "
         f"({data.get('calib', 'WikiText-2 train')}).", "",
+        *_interpret_summary(data),
         "## Kept indices against activation energy", "",
         "Share of the total energy held by the kept indices, averaged over all expert matrices, against the share "
         "a random choice of the same size holds on average:", "",

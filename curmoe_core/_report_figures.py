@@ -164,26 +164,31 @@ def jaccard_figure(data: dict[str, Any], path: Path, method: str = "cur-deim awa
     return _save(fig, path)
 
 
-def ratio_figure(data: dict[str, Any], path: Path, method: str = "cur-deim aware") -> Path:
-    """For the first featured matrix: which columns and rows are kept at each ratio (indices sorted by energy)."""
+def ratio_figure(data: dict[str, Any], path: Path,
+                 methods: tuple[str, ...] = ("cur-deim aware", "cur-deim aware, exact SVD")) -> Path:
+    """For the first featured matrix: which columns and rows each method keeps at each ratio (sorted by energy)."""
     plt = _plt()
     f = data["featured"][0]
     ratios = data["ratios"]
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 0.45 * len(ratios) + 1.3), squeeze=False)
-    for ax, key, ekey, side in ((axes[0, 0], "cols", "col_energy", "columns"), (axes[0, 1], "rows", "row_energy",
-                                                                                  "rows")):
-        e = np.asarray(f[ekey])
-        order = np.argsort(-e)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(e))
-        grid = np.zeros((len(ratios), len(e)))
-        for i, r in enumerate(ratios):
-            grid[i, rank[np.asarray(f["kept"][f"{method}@{r}"][key], dtype=int)]] = 1
-        ax.imshow(grid, aspect="auto", cmap="Greys", interpolation="nearest")
-        ax.set_yticks(range(len(ratios)), [f"{int(r * 100)}%" for r in ratios], fontsize=7)
-        ax.set_xlabel(f"{side} of layer {f['layer']} expert {f['expert']} {f['matrix']}, sorted by energy",
-                      fontsize=8)
-    axes[0, 0].set_ylabel("removed", fontsize=8)
-    fig.suptitle(f"Kept sets as the ratio grows ({method}; black = kept)", fontsize=9)
+    methods = tuple(m for m in methods if f"{m}@{ratios[0]}" in f["kept"]) or (next(iter(f["kept"])).split("@")[0],)
+    fig, axes = plt.subplots(len(methods), 2, figsize=(9.0, (0.45 * len(ratios) + 0.9) * len(methods)),
+                             squeeze=False)
+    for mi, method in enumerate(methods):
+        for ax, key, ekey, side in ((axes[mi, 0], "cols", "col_energy", "columns"),
+                                    (axes[mi, 1], "rows", "row_energy", "rows")):
+            e = np.asarray(f[ekey])
+            order = np.argsort(-e)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(e))
+            grid = np.zeros((len(ratios), len(e)))
+            for i, r in enumerate(ratios):
+                grid[i, rank[np.asarray(f["kept"][f"{method}@{r}"][key], dtype=int)]] = 1
+            ax.imshow(grid, aspect="auto", cmap="Greys", interpolation="nearest")
+            ax.set_yticks(range(len(ratios)), [f"{int(r * 100)}%" for r in ratios], fontsize=7)
+            ax.set_title(f"{method}: {side}", fontsize=8)
+            ax.set_xlabel(f"{side} of layer {f['layer']} expert {f['expert']} {f['matrix']}, sorted by energy",
+                          fontsize=7)
+        axes[mi, 0].set_ylabel("removed", fontsize=8)
+    fig.suptitle("Kept sets as the ratio grows (black = kept)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
