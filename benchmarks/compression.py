@@ -17,7 +17,6 @@ The results file (``--out``, read by ``curmoe report``) is rewritten after every
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_ids("wikitext2:train", model, data_dir=args.data_dir, n_tokens=args.calib_tokens)
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-compression-"))
     splits = args.splits.split(",")
-    results = {"provenance": provenance(argv), "model": str(model_dir), "n_params": model.n_params(),
+    results = {"provenance": provenance(argv), "model": Path(model_dir).name, "n_params": model.n_params(),
                "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "splits": splits,
                "prompts": list(PROMPTS), "sample_tokens": SAMPLE_TOKENS, "rows": []}
 

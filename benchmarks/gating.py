@@ -154,7 +154,8 @@ def evaluate_all(routers: list[str], seeds: list[int], runs: Path, data_dir: str
             results["rows"].append(row)
             write_results(out, results)
             last = row[splits[-1]]
-            print(f"{router:14s} {mode:32s} seed {seed} " + "  ".join(f"{s} ppl {row[s]['ppl_token']:8.2f}" for s in splits)
+            print(f"{router:14s} {mode:32s} seed {seed} "
+                  + "  ".join(f"{s} ppl {row[s]['ppl_token']:8.2f}" for s in splits)
                   + f"  cv {last['load']['cv']:.3f}  max_vio {last['load']['max_vio']:.3f}"
                   f"  entropy {last['load']['entropy']:.3f}  dropped {last['load']['dropped_fraction']:.4f}",
                   flush=True)
@@ -178,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     train_all(routers, seeds, args.runs, args.data_dir, args.steps, args.threads)
     if not args.train_only:
-        evaluate_all(routers, seeds, args.runs, args.data_dir, args.splits.split(","), args.out, args.steps, args.threads,
-                     argv, args.max_tokens)
+        evaluate_all(routers, seeds, args.runs, args.data_dir, args.splits.split(","), args.out, args.steps,
+                     args.threads, argv, args.max_tokens)
     return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                              "col_energy": en[k][0].tolist(), "row_energy": en[k][1].tolist(),
                              "kept": {f"{m}@{r}": {"cols": kept[m, r][k][0].tolist(), "rows": kept[m, r][k][1].tolist()}
                                       for (m, r) in kept}})
-    results = {"provenance": provenance(argv), "model": str(model_dir), "ratios": ratios,
+    results = {"provenance": provenance(argv), "model": Path(str(model_dir)).name, "ratios": ratios,
                "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "compress_s": timings,
                "rows": energy_rows, "jaccard": jaccard_rows, "nesting": nesting_rows, "featured": featured}
     write_results(args.out, results)

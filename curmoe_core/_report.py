@@ -140,14 +140,16 @@ def compression_page(data: dict[str, Any], fig: str) -> str:
     d = dense["test"]["ppl_token"]
     lines = [
         "# Compression quality on the shipped model", "",
-        f"Model `{data.get('model', '?')}` ({data.get('n_params', 0):,} parameters). Every expert matrix is "
-        "replaced by its factors at the target ratio. **Ratio**: the share of expert parameters removed (all "
+        f"Model `{Path(str(data.get('model', '?'))).name}` ({data.get('n_params', 0):,} parameters). Every expert "
+        "matrix is replaced by its factors at the target ratio. **Ratio**: the share of expert parameters removed (all "
         "factors of all experts against their dense matrices), and, beside it, the share of all parameters "
         "(embeddings and attention included, which are not compressed). Activation-aware methods calibrate on "
         f"{data.get('calib', 'WikiText-2 train')}; no hyperparameter was tuned (every method runs with its "
         "defaults; valid is shown beside test). **Mean output error**: mean over expert matrices of "
-        "`||(W - W') X^T||_F / ||W X^T||_F` on each expert's routed calibration tokens. Perplexity through ONNX "
-        "Runtime CPU (protocol: docs/perplexity.md).", "",
+        "`||(W - W') X^T||_F / ||W X^T||_F` on each expert's routed calibration tokens. **Compress s**: wall time "
+        "of `curmoe.compress`, including its calibration pass (every method calibrates, to report the output "
+        "error), on a machine shared with other jobs. Perplexity through ONNX Runtime CPU, context 256, "
+        "non-overlapping windows (protocol: docs/perplexity.md). No fine-tuning after compression.", "",
         f"![perplexity relative to dense]({fig})", "",
         compression_table(data), "",
         _source(data, "compression.json"), "",
@@ -308,7 +310,8 @@ def runtime_table(data: dict[str, Any], rows_filter: Callable[[dict[str, Any]], 
 def runtime_page(data: dict[str, Any], fig: str) -> str:
     return "\n".join([
         "# Runtimes", "",
-        f"Model `{data.get('model', '?')}`, {data.get('threads', '?')} threads, decode {data.get('decode_steps', '?')} "
+        f"Model `{Path(str(data.get('model', '?'))).name}`, {data.get('threads', '?')} threads, decode "
+        f"{data.get('decode_steps', '?')} "
         f"steps after a 16-token prompt (batch 1, KV cache), best of {data.get('repeats', '?')}. Roofline: bytes a "
         "decode step must read (attention, router, the experts a token uses, LM head; float32) over the measured "
         f"copy bandwidth ({data['bandwidth'] / 1e9:.1f} GB/s). All rows come from one run on a shared machine: "
