@@ -218,6 +218,11 @@ def gating_groups(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _python(cmd: str) -> str:
+    """Commands stored without the interpreter (``-m curmoe.models.train ...``) read as ``python -m ...``."""
+    return f"python {cmd}" if cmd.startswith("-m ") else cmd
+
+
 def gating_table(data: dict[str, Any], full: bool = True) -> str:
     groups = gating_groups(data)
     n_seeds = max(len(g["seeds"]) for g in groups)
@@ -288,7 +293,7 @@ def gating_page(data: dict[str, Any], fig: str) -> str:
               "full-sequence pass (training, scoring); it says nothing about decoding, where the balance and the "
               "quality are those of the fallback.", "",
         ]
-    lines += ["## Training commands", ""] + [f"- `{r['train_command']}`" for r in data["rows"]
+    lines += ["## Training commands", ""] + [f"- `{_python(r['train_command'])}`" for r in data["rows"]
                                               if r["mode"] != "causal decoding (topk fallback)"] + [""]
     return "\n".join(lines)
 
