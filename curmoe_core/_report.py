@@ -67,8 +67,11 @@ def _table(head: list[str], rows: list[list[Any]], align: str | None = None) -> 
 
 def _source(data: dict[str, Any], file: str) -> str:
     p = data["provenance"]
-    return (f"Measured by `{p['command']}` at commit `{p.get('commit') or '?'}` on {p.get('utc', '?')} UTC "
-            f"({p.get('machine', '?')}); numbers in [data/{file}](data/{file}).")
+    dirty = p.get("uncommitted") or []
+    state = f" with uncommitted changes to {', '.join(f'`{f}`' for f in dirty)}" if dirty else ""
+    note = f" {p['note']}" if p.get("note") else ""
+    return (f"Measured by `{p['command']}` at commit `{p.get('commit') or '?'}`{state} on {p.get('utc', '?')} UTC "
+            f"({p.get('machine', '?')}); numbers in [data/{file}](data/{file}).{note}")
 
 
 def _g(x: float) -> str:

@@ -33,6 +33,16 @@ def _git_commit(cwd: Path) -> str | None:
     return r.stdout.strip() or None
 
 
+def _git_dirty(cwd: Path) -> list[str]:
+    """Tracked files with uncommitted changes (the commit alone does not describe what ran)."""
+    try:
+        r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                           text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in r.stdout.splitlines() if line.strip()]
+
+
 def provenance(argv: list[str] | None = None, *, script: str | None = None) -> dict[str, Any]:
     """Who made a measurement: the command line, UTC time, commit, Python/NumPy versions and CPU count."""
     import numpy as np
@@ -51,6 +61,7 @@ def provenance(argv: list[str] | None = None, *, script: str | None = None) -> d
         "command": shlex.join([*head, *args]),
         "utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "commit": _git_commit(root),
+        "uncommitted": _git_dirty(root),  # tracked files that differed from the commit when this ran
         "curmoe": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -56,12 +56,12 @@ def gating_data() -> dict:
             "load_split": "test", "rows": rows}
 
 
-def runtime_data() -> dict:
+def runtime_data() -> dict:  # measured from a working tree with a change: the page must say so
     rows = [{"row": name, "model": "dense", "decode_tok_s": tps, "roofline_tok_s": 1000.0, "roofline_frac": tps / 1e3,
              "prefill_16_ms": 2.0, "prefill_256_ms": 20.0}
             for name, tps in (("ORT cpu dense sparse dispatch", 500.0), ("torch eager (dense)", 125.0))]
-    return {"provenance": _prov("python benchmarks/runtime.py"), "model": "m", "threads": 2, "decode_steps": 8,
-            "repeats": 1, "prefill_lengths": [16, 256], "bandwidth": 1e10, "rows": rows}
+    prov = _prov("python benchmarks/runtime.py") | {"uncommitted": ["runtimes/bench.py"]}
+    return {"provenance": prov, "model": "m", "threads": 2, "decode_steps": 8, "repeats": 1, "prefill_lengths": [16, 256], "bandwidth": 1e10, "rows": rows}
 
 
 def interpret_data() -> dict:
@@ -108,6 +108,8 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     assert "moves by up to 10.0%" in gat
     run = (res / "runtime.md").read_text()
     assert "| torch eager (dense) | 125.0 | 0.25 |" in run
+    assert "at commit `abc1234` with uncommitted changes to `runtimes/bench.py`" in run
+    assert "uncommitted" not in comp
     interp = (res / "interpretability.md").read_text()
     assert "| cur-deim aware | up columns | 0.250 | 0.500 | 0.111 |" in interp  # layers side by side, at 70%
     assert "| cur-deim | 50% | 70% | rows | 0.875 | 0.500 |" in interp
@@ -167,7 +169,9 @@ def test_cli_report_and_provenance(data_dir: Path, capsys: pytest.CaptureFixture
     assert "no results folder" in capsys.readouterr().err
     p = provenance(["--ratios", "0.5 0.7"], script="curmoe")
     assert p["command"] == "curmoe --ratios '0.5 0.7'"
-    assert provenance([], script=str(ROOT / "benchmarks/gating.py"))["command"] == "python benchmarks/gating.py"
+    p = provenance([], script=str(ROOT / "benchmarks/gating.py"))
+    assert p["command"] == "python benchmarks/gating.py"
+    assert isinstance(p["uncommitted"], list) and isinstance(p["commit"], (str, type(None)))
 
 
 @pytest.mark.skipif(not (ROOT / "docs/results/data").is_dir(), reason="no committed results")
