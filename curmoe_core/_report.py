@@ -381,7 +381,7 @@ def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
         "a random choice of the same size holds on average:", "",
         _table(["method", "removed", "side", "kept energy share", "random choice", "lowest matrix"],
                [[r["method"], f"{int(round(100 * r['ratio']))}%", r["side"], f"{r['energy_share']:.3f}",
-                 f"{r['uniform_share']:.3f}", f"{r['energy_share_min']:.3f}"] for r in data["rows"]]), "",
+                 f"{r['uniform_share']:.3f}", f"{r['energy_share_min']:.3f}"] for r in data["rows"]], "lrlrrr"), "",
         f"![kept indices against energy]({figs['profile']})", "",
         "## Overlap across the experts of a layer", "",
         "Jaccard index of kept sets between experts, in the index spaces they share (the residual stream: "
@@ -394,7 +394,7 @@ def interpret_page(data: dict[str, Any], figs: dict[str, str]) -> str:
         "nested: compressing further only drops indices):", "",
         _table(["method", "from", "to", "side", "contained (mean)", "contained (lowest)"],
                [[r["method"], f"{int(round(100 * r['from']))}%", f"{int(round(100 * r['to']))}%", r["side"],
-                 f"{r['contained']:.3f}", f"{r['contained_min']:.3f}"] for r in data["nesting"]]), "",
+                 f"{r['contained']:.3f}", f"{r['contained_min']:.3f}"] for r in data["nesting"]], "lrrlrr"), "",
         f"![kept sets against ratio]({figs['ratio']})", "",
         _source(data, "interpret.json"), "",
     ]
@@ -484,7 +484,7 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
              "made its numbers. Regenerate: run the benchmark, then `curmoe report`.", "",
              _table(["page", "measurement", "made by"],
                     [[f"[{pages[n]}]({pages[n]})", SOURCES[n][0], f"`{SOURCES[n][1]}`"
-                      + (" (not run yet)" if n in missing else "")] for n in SOURCES]), "",
+                      + (" (not run yet)" if n in missing else "")] for n in SOURCES], "lll"), "",
              headline(results, link=".", intro=False).replace(README_BEGIN, "").replace(README_END, "").strip(), ""]
     written.append(_write(out / "README.md", "\n".join(index)))
     if readme is not None:
