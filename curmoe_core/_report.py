@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from curmoe._errors import InvalidInputError
-from curmoe._results import read_results
+from curmoe._results import atomic_write, read_results
 
 __all__ = ["report", "SOURCES", "README_BEGIN", "README_END"]
 
@@ -45,16 +44,7 @@ README_END = "<!-- results:end -->"
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:

@@ -6,14 +6,13 @@ and returns the path. matplotlib is imported lazily (the ``plot`` extra).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from curmoe._errors import require
+from curmoe._results import atomic_write
 
 __all__ = ["compression_figure", "gating_figure", "runtime_figure", "profile_figure", "jaccard_figure",
            "ratio_figure"]
@@ -28,19 +27,11 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})  # no version stamp: stable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    try:  # no version stamp in the file: identical data gives an identical PNG
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+                                                          metadata={"Software": None}))
     finally:
-        plt.close(fig)
-    return path
+        _plt().close(fig)
 
 
 def compression_figure(data: dict[str, Any], path: Path, split: str = "test") -> Path:

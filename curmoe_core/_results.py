@@ -16,31 +16,22 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from curmoe._errors import InvalidInputError
 
-__all__ = ["provenance", "write_results", "read_results"]
+__all__ = ["provenance", "write_results", "read_results", "atomic_write"]
 
 
-def _git_commit(cwd: Path) -> str | None:
+def _git(root: Path, *args: str) -> str:
+    """stdout of ``git ARGS`` in ``root``, or "" when git or the repository is unavailable."""
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                           timeout=5, check=False)
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None
-
-
-def _git_dirty(cwd: Path) -> list[str]:
-    """Tracked files with uncommitted changes (the commit alone does not describe what ran)."""
-    try:
-        r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                           text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line[3:] for line in r.stdout.splitlines() if line.strip()]
+        return ""
+    return r.stdout
 
 
 def provenance(argv: list[str] | None = None, *, script: str | None = None) -> dict[str, Any]:
@@ -60,8 +51,10 @@ def provenance(argv: list[str] | None = None, *, script: str | None = None) -> d
     return {
         "command": shlex.join([*head, *args]),
         "utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "commit": _git_commit(root),
-        "uncommitted": _git_dirty(root),  # tracked files that differed from the commit when this ran
+        "commit": _git(root, "rev-parse", "--short", "HEAD").strip() or None,
+        # tracked files that differed from the commit when this ran
+        "uncommitted": [ln[3:] for ln in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
+                        if ln.strip()],
         "curmoe": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -69,22 +62,28 @@ def provenance(argv: list[str] | None = None, *, script: str | None = None) -> d
     }
 
 
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Create ``path`` whole or not at all: ``write(tmp)`` fills a temporary file in the same folder, which is then
+    renamed over ``path``; on any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_results(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write ``data`` (with a ``provenance`` and a ``rows`` key) as JSON, atomically."""
     if "provenance" not in data or "rows" not in data:
         raise InvalidInputError("results need a 'provenance' and a 'rows' key (see curmoe._results)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
