@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 import curmoe
-from curmoe._calibdata import calibration_ids
-from curmoe._demo import shipped_model_dir
-from curmoe._results import provenance, write_results
+from curmoe.app.calibdata import calibration_ids
+from curmoe.app.demo import shipped_model_dir
+from curmoe.app.results import provenance, write_results
 from curmoe.exporters import OnnxExportConfig, export
 from curmoe.runtimes import load
 from curmoe.runtimes.evaluate import evaluate_wikitext2

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 import curmoe
-from curmoe._results import provenance, write_results
+from curmoe.app.results import provenance, write_results
 
 ROUTERS = ("topk", "switch", "expert_choice", "hash", "sigmoid_bias", "random")
 # Per-router training flags on top of the shared ones; everything else is identical across routers.
@@ -109,10 +109,10 @@ def _load_stats(model: curmoe.Model) -> tuple[Any, list]:
 def evaluate_model(model: curmoe.Model, splits: list[str], data_dir: str | None,
                    max_tokens: int | None = None) -> dict[str, Any]:
     """Token/word perplexity on each split, and the load statistics of the last split (test)."""
-    from curmoe._data import load_wikitext2
-    from curmoe._perplexity import perplexity
-    from curmoe.models._train_data import JOINED
+    from curmoe.eval._data import load_wikitext2
+    from curmoe.eval._perplexity import perplexity
     from curmoe.models.tokenizer import encode_split, load_tokenizer
+    from curmoe.models.train._data import JOINED
 
     tok = load_tokenizer(model.tokenizer_path)
     row: dict[str, Any] = {}

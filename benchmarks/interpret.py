@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 import curmoe
-from curmoe._calibdata import calibration_ids
-from curmoe._compress import calibrate
-from curmoe._demo import shipped_model_dir
-from curmoe._results import provenance, write_results
+from curmoe.app.calibdata import calibration_ids
+from curmoe.app.demo import shipped_model_dir
+from curmoe.app.results import provenance, write_results
+from curmoe.compress._compress import calibrate
 
 # The default (randomized range finder) and, for the nesting question, the same rule on the exact SVD: DEIM picks
 # index j from the first j singular vectors only, so with one exact basis the kept sets are nested across ranks.

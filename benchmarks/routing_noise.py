@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import curmoe
-from curmoe._data import load_wikitext2
-from curmoe._demo import shipped_model_dir
+from curmoe.app.demo import shipped_model_dir
+from curmoe.eval._data import load_wikitext2
 from curmoe.exporters import OnnxExportConfig, export
 from curmoe.models.tokenizer import encode_split, load_tokenizer
 from curmoe.runtimes import load

@@ -1,11 +1,11 @@
-"""Runtime benchmark (decode tok/s, prefill latency, roofline): see curmoe/runtimes/bench.py; same as `curmoe bench`.
+"""Runtime benchmark (decode tok/s, prefill latency, roofline): see curmoe/curmoe_core/app/bench.py; same as `curmoe bench`.
 
     python benchmarks/runtime.py --model models/wt2-moe-8x --threads 2 --steps 32 --repeats 3
 """
 
 import sys
 
-from curmoe.runtimes.bench import main
+from curmoe.app.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

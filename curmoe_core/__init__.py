@@ -1,13 +1,17 @@
-"""curmoe: compress Mixture-of-Experts models with CUR decomposition (SVD as the baseline).
+"""curmoe: compress Mixture-of-Experts models with interpretable CUR (SVD and SVD-LLM as the baselines).
 
 The core package (imported as ``curmoe``) needs only NumPy/SciPy (+ safetensors for checkpoints, tqdm for
 progress bars). It never imports torch, onnx, onnxruntime, openvino or coremltools: those live behind
 ``curmoe.models``, ``curmoe.exporters`` and ``curmoe.runtimes`` and are optional extras.
+
+Layout (docs/architecture.md): ``common`` (errors, checks, atomic I/O) <- ``decompose`` (one matrix) and
+``routing`` (gating) <- ``reference`` (the NumPy model) <- ``compress`` (whole models); ``eval`` (data,
+perplexity); ``app`` (CLI, demo, reports) is the only part of the core that imports the other packages.
 """
 
 from __future__ import annotations
 
-from curmoe._errors import (
+from curmoe.common.errors import (
     CheckpointError,
     CurmoeError,
     DecodingNotSupportedError,
@@ -17,93 +21,83 @@ from curmoe._errors import (
 
 __version__ = "0.1.0"
 
-# --- decompositions (issue 2) ---
-from curmoe._calib import CalibStats
-from curmoe._cur import CURResult, cur
-from curmoe._interpret import jaccard, kept_columns, kept_rows
-from curmoe._params import n_params, rank_for_ratio
-from curmoe._svd import SVDResult, svd
-# --- gating and metrics (issue 3) ---
-from curmoe._gating import ROUTER_KINDS, RouterConfig, Routing, route, update_bias
-from curmoe._causal import causal_twin
-from curmoe._metrics import (
+from curmoe.compress import (
+    CURConfig,
+    SVDConfig,
+    calibrate,
+    compress,
+    register_compression,
+)
+from curmoe.decompose import (
+    CalibStats,
+    CURResult,
+    SVDResult,
+    cur,
+    jaccard,
+    kept_columns,
+    kept_rows,
+    n_params,
+    rank_for_ratio,
+    svd,
+)
+from curmoe.eval import (
+    DataNotFoundError,
+    PerplexityResult,
+    WikiText2Split,
+    data_dir,
+    load_wikitext2,
+    perplexity,
+    perplexity_windows,
+    wikitext2_vocab,
+)
+from curmoe.reference import (
+    CURLinear,
+    DenseLinear,
+    KVCache,
+    Model,
+    ModelConfig,
+    ModelOutput,
+    MoEConfig,
+    SVDLinear,
+    causal_twin,
+    load,
+)
+from curmoe.routing import (
+    ROUTER_KINDS,
     LoadStats,
+    RouterConfig,
+    Routing,
     coefficient_of_variation,
     dropped_fraction,
+    expert_capacity,
+    hash_experts,
     load_counts,
     load_fractions,
     max_violation,
+    route,
     router_z_loss,
     routing_entropy,
     switch_aux_loss,
+    update_bias,
 )
-from curmoe._routers_capacity import expert_capacity
-from curmoe._routers_fixed import hash_experts
-# --- model, checkpoints, compression (issue 3) ---
-from curmoe._attention import KVCache
-from curmoe._checkpoint import load
-from curmoe._compress import CURConfig, SVDConfig, calibrate, compress, register_compression
-from curmoe._config import ModelConfig, MoEConfig
-from curmoe._linear import CURLinear, DenseLinear, SVDLinear
-from curmoe._model import Model, ModelOutput
-# --- data and perplexity (issue 4) ---
-from curmoe._data import DataNotFoundError, WikiText2Split, data_dir, load_wikitext2, wikitext2_vocab
-from curmoe._perplexity import PerplexityResult, perplexity, perplexity_windows
 
 __all__ = [
-    "causal_twin",
-    "cur",
-    "svd",
-    "CURResult",
-    "SVDResult",
-    "CalibStats",
-    "rank_for_ratio",
-    "n_params",
-    "kept_columns",
-    "kept_rows",
+    # one verb per package
+    "compress", "CURConfig", "SVDConfig", "calibrate", "register_compression",
+    # one matrix
+    "cur", "svd", "CURResult", "SVDResult", "CalibStats", "rank_for_ratio", "n_params", "kept_columns", "kept_rows",
     "jaccard",
-    "ROUTER_KINDS",
-    "RouterConfig",
-    "Routing",
-    "route",
-    "update_bias",
-    "expert_capacity",
-    "hash_experts",
-    "LoadStats",
-    "load_counts",
-    "load_fractions",
-    "coefficient_of_variation",
-    "max_violation",
-    "routing_entropy",
-    "dropped_fraction",
-    "switch_aux_loss",
-    "router_z_loss",
-    "compress",
-    "CURConfig",
-    "SVDConfig",
-    "calibrate",
-    "register_compression",
-    "load",
-    "Model",
-    "ModelOutput",
-    "ModelConfig",
-    "MoEConfig",
-    "KVCache",
-    "DenseLinear",
-    "CURLinear",
-    "SVDLinear",
-    "CheckpointError",
-    "CurmoeError",
-    "DecodingNotSupportedError",
-    "InvalidInputError",
-    "MissingExtraError",
+    # the reference model
+    "load", "Model", "ModelOutput", "ModelConfig", "MoEConfig", "KVCache", "DenseLinear", "CURLinear", "SVDLinear",
+    "causal_twin",
+    # routing
+    "ROUTER_KINDS", "RouterConfig", "Routing", "route", "update_bias", "expert_capacity", "hash_experts",
+    "LoadStats", "load_counts", "load_fractions", "coefficient_of_variation", "max_violation", "routing_entropy",
+    "dropped_fraction", "switch_aux_loss", "router_z_loss",
+    # data and perplexity
+    "DataNotFoundError", "WikiText2Split", "data_dir", "load_wikitext2", "wikitext2_vocab", "PerplexityResult",
+    "perplexity", "perplexity_windows",
+    # errors
+    "CurmoeError", "InvalidInputError", "CheckpointError", "MissingExtraError", "DecodingNotSupportedError",
     "__version__",
-    "DataNotFoundError",
-    "WikiText2Split",
-    "data_dir",
-    "load_wikitext2",
-    "wikitext2_vocab",
-    "PerplexityResult",
-    "perplexity",
-    "perplexity_windows",
 ]

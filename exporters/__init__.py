@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from curmoe._errors import InvalidInputError, require
-from curmoe.exporters._onnx_config import DEFAULT_OPSET, MAX_OPSET, OnnxExportConfig
+from curmoe.common.errors import InvalidInputError, require
+from curmoe.exporters.onnx import DEFAULT_OPSET, MAX_OPSET, OnnxExportConfig
 
 __all__ = ["export", "OnnxExportConfig", "DEFAULT_OPSET", "MAX_OPSET"]
 
@@ -33,12 +33,12 @@ def export(model: Any, config: OnnxExportConfig, path: str | os.PathLike[str]) -
     """
     if isinstance(config, OnnxExportConfig):
         require("onnx", "onnx")
-        from curmoe.exporters.onnx_export import export_onnx
+        from curmoe.exporters.onnx import export_onnx
 
         return export_onnx(model, config, path)
     if isinstance(config, CoreMLExportConfig):  # issue 6: Core ML ML Program (.mlpackage)
         require("coremltools", "coreml")
-        from curmoe.exporters.coreml_export import export_coreml
+        from curmoe.exporters.coreml import export_coreml
 
         return export_coreml(model, config, path)
     raise InvalidInputError(
@@ -47,19 +47,19 @@ def export(model: Any, config: OnnxExportConfig, path: str | os.PathLike[str]) -
 
 
 # --- OpenVINO IR and Core ML (issue 6) ---
-from curmoe.exporters._mil_config import CoreMLExportConfig  # noqa: E402
+from curmoe.exporters.coreml import CoreMLExportConfig  # noqa: E402
 
 __all__ += ["CoreMLExportConfig", "export_openvino_ir"]
 
 
 def export_openvino_ir(onnx_path: str | os.PathLike[str], out_xml: str | os.PathLike[str], **options: Any) -> Path:
     """Convert a curmoe ONNX export to OpenVINO IR (.xml + .bin); see
-    :func:`curmoe.exporters.openvino_export.export_openvino_ir` (options: compress_to_fp16, routing_outputs).
+    :func:`curmoe.exporters.openvino.export_openvino_ir` (options: compress_to_fp16, routing_outputs).
 
     Raises:
         curmoe.MissingExtraError: openvino is not installed (``pip install 'curmoe[openvino]'``).
     """
     require("openvino", "openvino")
-    from curmoe.exporters.openvino_export import export_openvino_ir as _export_ir
+    from curmoe.exporters.openvino import export_openvino_ir as _export_ir
 
     return _export_ir(onnx_path, out_xml, **options)

@@ -1,4 +1,9 @@
-"""curmoe.models: torch twin, training, tokenizer, Hugging Face import, and the shipped checkpoints (lazy: importing this package imports neither torch nor transformers)."""
+"""curmoe.models: the torch twin (``twin/``), training (``train/``), Hugging Face import (``hf/``), the BPE tokenizer
+and the shipped checkpoints (``wt2-moe-8x/``, ``wt2-moe-tiny/``).
+
+Lazy: importing this package imports neither torch nor transformers. It may import the core (``curmoe``), never
+``curmoe.exporters``, ``curmoe.runtimes`` or ``curmoe.app``.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,11 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'curmoe.models' has no attribute {name!r}")
 
-# --- Hugging Face import (issue 4) ---
+# --- Hugging Face import ---
 _LAZY.update({"from_hf": "curmoe.models.hf", "convert": "curmoe.models.hf"})
 __all__ += ["from_hf", "convert"]
 
-# --- torch twin (issue 4; torch is imported on first use of these names) ---
-_LAZY.update({name: "curmoe.models.torch_model" for name in ("TorchMoE", "TorchKVCache", "TrainOutput", "load_torch",
+# --- torch twin (torch is imported on first use of these names) ---
+_LAZY.update({name: "curmoe.models.twin" for name in ("TorchMoE", "TorchKVCache", "TrainOutput", "load_torch",
                                                              "train_only_u")})
 __all__ += ["TorchMoE", "TorchKVCache", "TrainOutput", "load_torch", "train_only_u"]

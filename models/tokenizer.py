@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curmoe._data import EOS, WikiText2Split
-from curmoe._errors import CheckpointError, InvalidInputError, require
+from curmoe.common.errors import CheckpointError, InvalidInputError, require
+from curmoe.eval import EOS, WikiText2Split
 
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import time
 
-    from curmoe._data import load_wikitext2
+    from curmoe.eval import load_wikitext2
 
     ap = argparse.ArgumentParser(prog="python -m curmoe.models.tokenizer", description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")

@@ -10,8 +10,21 @@ Importing this package imports no vendor SDK: each adapter module is imported on
 
 from __future__ import annotations
 
-from curmoe.runtimes._registry import REGISTRY, RuntimeEntry, available, load, names, register
-from curmoe.runtimes.base import IOSpec, RuntimeInfo, RuntimeNotAvailableError, Session, SessionOptions
+from curmoe.runtimes._registry import (
+    REGISTRY,
+    RuntimeEntry,
+    available,
+    load,
+    names,
+    register,
+)
+from curmoe.runtimes.base import (
+    IOSpec,
+    RuntimeInfo,
+    RuntimeNotAvailableError,
+    Session,
+    SessionOptions,
+)
 from curmoe.runtimes.generate import generate
 from curmoe.runtimes.tolerances import TOLERANCES, Tolerance, tolerance_for
 from curmoe.runtimes.validate import ValidationReport, validate

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curmoe._errors import CheckpointError, CurmoeError, InvalidInputError, require
+from curmoe.common.errors import (
+    CheckpointError,
+    CurmoeError,
+    InvalidInputError,
+    require,
+)
 from curmoe.runtimes.base import Session
 
 __all__ = ["RuntimeEntry", "REGISTRY", "register", "load", "available", "names"]
@@ -37,14 +42,14 @@ def register(name: str, entry: RuntimeEntry) -> None:
 
 
 for _t in ("cpu", "cuda", "tensorrt", "rocm", "migraphx", "openvino", "coreml", "dml"):
-    register(f"onnxruntime:{_t}", RuntimeEntry("curmoe.runtimes.ort", "onnxruntime", "ort", _t))
+    register(f"onnxruntime:{_t}", RuntimeEntry("curmoe.runtimes.adapters.ort", "onnxruntime", "ort", _t))
 for _t in ("cpu", "gpu", "npu", "auto"):
-    register(f"openvino:{_t}", RuntimeEntry("curmoe.runtimes.ov", "openvino", "openvino", _t.upper()))
-register("coreml", RuntimeEntry("curmoe.runtimes.coreml", "coremltools", "coreml", "all"))  # Core ML itself (macOS)
-register("coreml:mil", RuntimeEntry("curmoe.runtimes.coreml", "coremltools", "coreml", "mil"))  # NumPy MIL evaluation
+    register(f"openvino:{_t}", RuntimeEntry("curmoe.runtimes.adapters.ov", "openvino", "openvino", _t.upper()))
+register("coreml", RuntimeEntry("curmoe.runtimes.adapters.coreml", "coremltools", "coreml", "all"))  # Core ML itself (macOS)
+register("coreml:mil", RuntimeEntry("curmoe.runtimes.adapters.coreml", "coremltools", "coreml", "mil"))  # NumPy MIL evaluation
 # The NumPy reference behind the same interface (reads a model directory, not an exported file).
-register("reference", RuntimeEntry("curmoe.runtimes.reference", "numpy", "test", "native"))
-register("reference:float64", RuntimeEntry("curmoe.runtimes.reference", "numpy", "test", "float64"))
+register("reference", RuntimeEntry("curmoe.runtimes.adapters.reference", "numpy", "test", "native"))
+register("reference:float64", RuntimeEntry("curmoe.runtimes.adapters.reference", "numpy", "test", "float64"))
 
 
 def names() -> list[str]:

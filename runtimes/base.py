@@ -1,6 +1,6 @@
 """The interface every runtime adapter implements: load a model for a device, run feeds, say what it is.
 
-An adapter module (``curmoe.runtimes.ort``, later ``curmoe.runtimes.openvino`` ...) provides two functions,
+An adapter module (``curmoe.runtimes.adapters.ort``, later ``curmoe.runtimes.openvino`` ...) provides two functions,
 
 - ``load(path, target, **options) -> Session``: open the exported model on the target (an execution provider or
   device name from the registry);
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from curmoe._errors import CurmoeError, InvalidInputError
+from curmoe.common.errors import CurmoeError, InvalidInputError
 
 __all__ = ["Session", "IOSpec", "RuntimeInfo", "SessionOptions", "RuntimeNotAvailableError", "OPTIMIZATION_LEVELS"]
 

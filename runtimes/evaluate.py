@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from curmoe._config import ModelConfig
-from curmoe._errors import InvalidInputError
-from curmoe._perplexity import PerplexityResult, perplexity
+from curmoe.common.errors import InvalidInputError
+from curmoe.eval import PerplexityResult, perplexity
+from curmoe.reference import ModelConfig
 from curmoe.runtimes.base import Session
 from curmoe.runtimes.generate import empty_cache
 
@@ -70,7 +70,7 @@ def evaluate_wikitext2(
     progress: bool = False,
 ) -> PerplexityResult:
     """Token- and word-level perplexity of ``session`` on a WikiText-2 split (word-level text, one <eos> a line)."""
-    from curmoe._data import load_wikitext2
+    from curmoe.eval import load_wikitext2
     from curmoe.models.tokenizer import encode_split, load_tokenizer
 
     data = load_wikitext2(split, data_dir=data_dir)

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from curmoe._errors import InvalidInputError
+from curmoe.common.errors import InvalidInputError
 from curmoe.runtimes.base import Session
 
 __all__ = ["generate", "cache_layout", "empty_cache"]

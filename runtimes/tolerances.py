@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from curmoe._errors import InvalidInputError
+from curmoe.common.errors import InvalidInputError
 
 __all__ = ["Tolerance", "TOLERANCES", "tolerance_for"]
 

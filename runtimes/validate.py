@@ -29,16 +29,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from curmoe._errors import InvalidInputError, require
-from curmoe._gating import RouterConfig, route
-from curmoe._model import Model
+from curmoe.common.errors import InvalidInputError, require
+from curmoe.exporters.onnx import with_routing_outputs
+from curmoe.reference import Model
+from curmoe.reference.names import routing_logits, routing_selected
+from curmoe.routing import RouterConfig, route
 from curmoe.runtimes._registry import load
 from curmoe.runtimes.base import Session
 from curmoe.runtimes.generate import cache_layout, empty_cache
@@ -89,37 +90,15 @@ def _read_meta(path: Path) -> tuple[Any, dict[str, str], set[str], set[str]]:
     return proto, meta, produced, outputs
 
 
-def _with_routing_outputs(path: Path, proto: Any, model: Model) -> Path | None:
-    """A sibling copy of the ONNX file that also outputs the routing tensors, or None if it already does."""
-    onnx = require("onnx", "onnx")
-    produced = {o for n in proto.graph.node for o in n.output}
-    outputs = {o.name for o in proto.graph.output}
-    cfg = model.config
-    added = False
-    for l in range(cfg.n_layers):
-        if cfg.layer_type(l) != "moe":
-            continue
-        for name, elem in ((f"routing.{l}.selected", onnx.TensorProto.BOOL),
-                           (f"routing.{l}.logits", onnx.TensorProto.FLOAT)):
-            if name in produced and name not in outputs:
-                proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, ["tokens", cfg.moe.n_experts]))
-                added = True
-    if not added:
-        return None
-    tmp = path.parent / f".{path.stem}.validate-{uuid.uuid4().hex[:8]}.onnx"
-    onnx.save_model(proto, str(tmp))  # external data references stay relative to the same folder
-    return tmp
-
-
 def _selected_rt(res: dict[str, np.ndarray], l: int, router: RouterConfig, ids: np.ndarray, mask: np.ndarray,
                  bias: np.ndarray | None, E: int) -> np.ndarray | None:
     """(N_real, E) bool selection of the runtime for the real tokens (row-major order), or None."""
     real = mask.reshape(-1).astype(bool)
-    if f"routing.{l}.selected" in res:
-        return res[f"routing.{l}.selected"].astype(bool)[real]
-    if f"routing.{l}.logits" not in res:
+    if routing_selected(l) in res:
+        return res[routing_selected(l)].astype(bool)[real]
+    if routing_logits(l) not in res:
         return None
-    z = res[f"routing.{l}.logits"].astype(np.float64).reshape(*mask.shape, E)
+    z = res[routing_logits(l)].astype(np.float64).reshape(*mask.shape, E)
     rows = []
     for b in range(mask.shape[0]):
         m = mask[b].astype(bool)
@@ -208,7 +187,7 @@ def validate(
     export = json.loads(meta.get("curmoe.export", "{}"))
     dtype = export.get("dtype", "float32")
     tol = tolerance_for(dtype)
-    aug = _with_routing_outputs(path, proto, model)
+    aug = with_routing_outputs(path, proto, model.config)
     del proto
     try:
         sess = load(aug or path, runtime, **session_options)

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 import curmoe
-from curmoe._config import ModelConfig, MoEConfig
-from curmoe._gating import RouterConfig
+from curmoe.reference._config import ModelConfig, MoEConfig
+from curmoe.routing._gating import RouterConfig
 
 
 def baby_config(router: dict[str, Any] | None = None, moe: dict[str, Any] | None = None, **kw: Any) -> ModelConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.gating import ROUTER_FLAGS, ROUTERS, _load_stats, train_command
-from curmoe._perplexity import perplexity, perplexity_windows
+from curmoe.eval._perplexity import perplexity, perplexity_windows
 from tests.babies import baby_model
 
 

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 import curmoe
-from tests.decomp_cases import anisotropic_activations, direct_output_error, random_matrix
+from tests.decomp_cases import (
+    anisotropic_activations,
+    direct_output_error,
+    random_matrix,
+)
 
 
 def test_gram_and_second_moment_accumulate_over_batches_in_float64():

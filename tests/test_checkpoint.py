@@ -54,7 +54,7 @@ def test_save_over_existing_replaces_it_whole(saved, tmp_path):
 
 def test_interrupted_save_leaves_old_model_intact(saved, monkeypatch, tmp_path):
     model, path = saved
-    import curmoe._checkpoint as ck
+    import curmoe.reference._checkpoint as ck
 
     def boom(*a, **k):
         raise KeyboardInterrupt

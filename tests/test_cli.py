@@ -1,15 +1,14 @@
 """The curmoe CLI end to end on a baby model with a real (small) tokenizer: compress -> export -> validate ->
-eval -> generate, each through `curmoe.cli.main` and checked for the documented JSON fields."""
+eval -> generate, each through `curmoe.app.cli.main` and checked for the documented JSON fields."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 import curmoe
-from curmoe.cli import main
+from curmoe.app.cli import main
 from tests.babies import baby_config
 
 pytest.importorskip("onnxruntime")

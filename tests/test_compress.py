@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import curmoe
-from curmoe._linear import DenseLinear
-from curmoe._model import Model
+from curmoe.reference._linear import DenseLinear
+from curmoe.reference._model import Model
 from tests.babies import baby_model, random_ids
 
 CONFIGS = {

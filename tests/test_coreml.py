@@ -17,8 +17,8 @@ import curmoe  # noqa: E402
 from curmoe import runtimes  # noqa: E402
 from curmoe.exporters import CoreMLExportConfig, export  # noqa: E402
 from curmoe.runtimes import RuntimeNotAvailableError, generate, load  # noqa: E402
-from curmoe.runtimes import _mil_eval  # noqa: E402
-from curmoe.runtimes.coreml import can_predict, validate_coreml  # noqa: E402
+from curmoe.runtimes.adapters import _mil_eval  # noqa: E402
+from curmoe.runtimes.adapters.coreml import can_predict, validate_coreml  # noqa: E402
 from curmoe.runtimes.tolerances import TOLERANCES  # noqa: E402
 from tests.babies import baby_model, random_ids  # noqa: E402
 from tests.test_onnx_export import VARIANTS, compressed  # noqa: E402

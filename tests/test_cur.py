@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import curmoe
-from curmoe._selection import deim_indices, leverage_scores, qdeim_indices
+from curmoe.decompose._selection import deim_indices, leverage_scores, qdeim_indices
 from tests.decomp_cases import (
     DTYPES,
     TOL,

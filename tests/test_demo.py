@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from curmoe._compare import METHODS, compare, format_table, synthetic_activations, synthetic_weight
+from curmoe.decompose._compare import (
+    METHODS,
+    compare,
+    format_table,
+    synthetic_activations,
+    synthetic_weight,
+)
 
 
 def test_synthetic_weight_has_the_requested_spectrum():

@@ -11,9 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curmoe import DecodingNotSupportedError, InvalidInputError
-from curmoe._gating import ROUTER_KINDS, RouterConfig, Routing, route, update_bias
-from curmoe._routers_capacity import expert_capacity
-from curmoe._routers_fixed import KNUTH_MULTIPLIER, hash_experts
+from curmoe.routing._capacity import expert_capacity
+from curmoe.routing._fixed import KNUTH_MULTIPLIER, hash_experts
+from curmoe.routing._gating import (
+    ROUTER_KINDS,
+    RouterConfig,
+    Routing,
+    route,
+    update_bias,
+)
 
 
 def _logits(n: int, e: int, seed: int = 0) -> np.ndarray:

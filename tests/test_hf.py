@@ -149,7 +149,7 @@ def test_save_pretrained_directory_and_convert(hf_model, tmp_path):
     assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
     ids, mask = batch()
     np.testing.assert_array_equal(curmoe.load(out).forward(ids, attention_mask=mask), from_obj.forward(ids, attention_mask=mask))
-    from curmoe.cli import main  # the CLI spelling of the same conversion
+    from curmoe.app.cli import main  # the CLI spelling of the same conversion
 
     assert main(["convert", str(src), "-o", str(tmp_path / "cli")]) == 0
     np.testing.assert_array_equal(curmoe.load(tmp_path / "cli").forward(ids, attention_mask=mask),

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curmoe import InvalidInputError
-from curmoe._gating import RouterConfig, Routing, route
-from curmoe._metrics import (
+from curmoe.routing._gating import RouterConfig, Routing, route
+from curmoe.routing._metrics import (
     LoadStats,
     coefficient_of_variation,
     dropped_fraction,

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import curmoe
-from curmoe._gating import route
-from curmoe._ops import gelu, rms_norm, sigmoid, silu
+from curmoe.reference._ops import gelu, rms_norm, sigmoid, silu
+from curmoe.routing._gating import route
 from tests.babies import VARIANTS, baby_config, baby_model, random_ids
-
 
 
 def naive_moe(model: curmoe.Model, layer: int, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -49,7 +48,7 @@ def test_moe_block_matches_naive_loop(variant):
 
     out = model.run(ids, observer=observer)
     assert out.logits.shape == (2, 9, model.config.vocab_size) and out.logits.dtype == np.float64
-    from curmoe._moe import moe_block
+    from curmoe.reference._moe import moe_block
 
     for l, X in seen.items():
         x = X.reshape(2, 9, -1)

@@ -15,10 +15,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import curmoe  # noqa: E402
-from curmoe._config import ModelConfig  # noqa: E402
-from curmoe._linear import CURLinear, SVDLinear  # noqa: E402
 from curmoe.exporters import OnnxExportConfig, export  # noqa: E402
-from tests.babies import VARIANTS as BASE_VARIANTS, baby_model, random_ids  # noqa: E402
+from curmoe.reference._config import ModelConfig  # noqa: E402
+from curmoe.reference._linear import CURLinear, SVDLinear  # noqa: E402
+from tests.babies import VARIANTS as BASE_VARIANTS  # noqa: E402
+from tests.babies import baby_model, random_ids
 
 # The shared variants, with the hash router at top_k=2 (exercises the multi-slot hash table).
 VARIANTS = {k: v for k, v in BASE_VARIANTS.items() if k != "hash"} | {"hash2": dict(router=dict(kind="hash", top_k=2))}
@@ -28,7 +29,7 @@ F32_REL = 2e-5  # float32 graph vs float64 reference, relative to the largest |l
 def compressed(model: curmoe.Model, method: str, fold_u: bool = False) -> curmoe.Model:
     """CUR / SVD-compressed copy of a baby model (curmoe.compress when present, else factors built here)."""
     try:
-        from curmoe._compress import CURConfig, SVDConfig, compress
+        from curmoe.compress._compress import CURConfig, SVDConfig, compress
 
         cfg = CURConfig(ratio=0.5, fold_u=fold_u) if method == "cur" else SVDConfig(ratio=0.5)
         return compress(model, cfg, progress=False)

@@ -73,7 +73,7 @@ def test_bad_options(files, kw, msg):
 
 
 def test_unknown_target_and_file_type(files, tmp_path):
-    from curmoe.runtimes import ov as adapter
+    from curmoe.runtimes.adapters import ov as adapter
 
     with pytest.raises(curmoe.InvalidInputError, match="unknown OpenVINO target 'TPU'; choose one of CPU, GPU, NPU"):
         adapter.load(files["sparse"], "TPU")

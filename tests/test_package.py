@@ -18,7 +18,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 @pytest.mark.parametrize("stmt", ["import curmoe", "import curmoe.exporters, curmoe.runtimes, curmoe.models",
-                                  "import curmoe.cli"])
+                                  "import curmoe.app.cli"])
 def test_lean_import(stmt):
     loaded = _modules_after(stmt)
     heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
@@ -37,7 +37,7 @@ def test_namespace_maps_folders():
 
 
 def test_missing_extra_names_the_install_line():
-    from curmoe._errors import MissingExtraError, require
+    from curmoe.common.errors import MissingExtraError, require
 
     with pytest.raises(MissingExtraError, match=r"pip install 'curmoe\[openvino\]'"):
         require("curmoe_surely_not_installed_pkg", "openvino")

@@ -1,4 +1,4 @@
-"""Parameter accounting and the rank solver (curmoe._params)."""
+"""Parameter accounting and the rank solver (curmoe.decompose._params)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import curmoe
-from curmoe._params import achieved_ratio, n_cols_for
+from curmoe.decompose._params import achieved_ratio, n_cols_for
 from tests.decomp_cases import random_matrix
 
 

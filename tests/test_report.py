@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import curmoe
-from curmoe._report import README_BEGIN, README_END, SOURCES, headline, report
-from curmoe._results import provenance, read_results, write_results
-from curmoe.cli import main as cli
+from curmoe.app.cli import main as cli
+from curmoe.app.report import README_BEGIN, README_END, SOURCES, headline, report
+from curmoe.app.results import provenance, read_results, write_results
 
 pytest.importorskip("matplotlib")
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,12 +19,11 @@ import curmoe  # noqa: E402
 from curmoe import runtimes  # noqa: E402
 from curmoe.exporters import OnnxExportConfig, export  # noqa: E402
 from curmoe.runtimes import RuntimeNotAvailableError, generate, load, validate  # noqa: E402
+from curmoe.runtimes.adapters.ort import PROVIDERS  # noqa: E402
 from curmoe.runtimes.generate import empty_cache  # noqa: E402
-from curmoe.runtimes.ort import PROVIDERS  # noqa: E402
 from curmoe.runtimes.tolerances import TOLERANCES, tolerance_for  # noqa: E402
 from tests.babies import baby_model, random_ids  # noqa: E402
 from tests.test_onnx_export import VARIANTS, compressed  # noqa: E402
-
 
 #: registry names of the runtimes that run the curmoe ONNX export on this machine's CPU
 SHARED_RUNTIMES = [
@@ -77,7 +76,7 @@ def test_missing_sdk_names_the_extra(dense, monkeypatch):
     from curmoe.runtimes import _registry
 
     monkeypatch.setitem(_registry.REGISTRY, "fake:cpu",
-                        _registry.RuntimeEntry("curmoe.runtimes.ort", "no_such_sdk_xyz", "fakeextra", "cpu"))
+                        _registry.RuntimeEntry("curmoe.runtimes.adapters.ort", "no_such_sdk_xyz", "fakeextra", "cpu"))
     with pytest.raises(curmoe.MissingExtraError, match=r"pip install 'curmoe\[fakeextra\]'"):
         load(dense[1], "fake:cpu")
 

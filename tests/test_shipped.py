@@ -23,7 +23,7 @@ def test_shipped_model_loads_with_tokenizer_and_card(name):
 
 
 def test_tiny_model_twin_and_onnx_agree_with_reference(tmp_path):
-    torch_model = pytest.importorskip("curmoe.models.torch_model")
+    torch_model = pytest.importorskip("curmoe.models.twin._model")
     pytest.importorskip("onnxruntime")
     import torch
 

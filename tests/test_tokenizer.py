@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("tokenizers", reason="the tokenizer tests need `tokenizers` (pip install 'curmoe[tokenizer]')")
 
+import os  # noqa: E402
+
 import curmoe  # noqa: E402
 from curmoe import CheckpointError, InvalidInputError, WikiText2Split, load_wikitext2  # noqa: E402
 from curmoe.models.tokenizer import (  # noqa: E402
@@ -22,8 +24,6 @@ from curmoe.models.tokenizer import (  # noqa: E402
     save_tokenizer,
     train_bpe_tokenizer,
 )
-
-import os  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _CANDIDATES = (os.environ.get("CURMOE_DATA_DIR"), ROOT.parent / "shared" / "data")

@@ -16,7 +16,7 @@ pytest.importorskip("tokenizers")
 import curmoe  # noqa: E402
 from curmoe.models import train  # noqa: E402
 from curmoe.models.tokenizer import save_tokenizer, train_bpe_tokenizer  # noqa: E402
-from curmoe.models.torch_model import TorchMoE  # noqa: E402
+from curmoe.models.twin._model import TorchMoE  # noqa: E402
 
 STEPS = 8
 

@@ -1,0 +1,49 @@
+"""Calibration tokens for activation-aware compression: ``wikitext2:train`` or a text file.
+
+The text is tokenised with the model's own tokenizer (its ``tokenizer.json``), joined into one stream with an
+``<eos>`` after each line, and cut into ``(B, T)`` rows of the model's context (T = min(max_seq_len, 256)).
+The first ``n_tokens`` tokens are used: deterministic, so a compression is reproducible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curmoe.common.errors import InvalidInputError
+
+__all__ = ["calibration_ids", "text_token_stream"]
+
+
+def text_token_stream(spec: str, model: Any, *, data_dir: str | None = None) -> np.ndarray:
+    """All token ids of ``spec`` ("wikitext2:SPLIT" or a text file path) as one 1-D int64 stream."""
+    if model.tokenizer_path is None:
+        raise InvalidInputError(
+            "this model has no tokenizer.json, so text cannot be tokenised for it; "
+            "put the tokenizer beside config.json or pass token ids from Python (compress(..., calib_ids=...))"
+        )
+    from curmoe.eval import load_wikitext2
+    from curmoe.models.tokenizer import encode_lines, load_tokenizer
+
+    tok = load_tokenizer(model.tokenizer_path)
+    if spec.startswith("wikitext2:"):
+        lines = load_wikitext2(spec.split(":", 1)[1], data_dir=data_dir).lines
+    else:
+        f = Path(spec)
+        if not f.is_file():
+            raise InvalidInputError(f"calibration source {spec!r} is neither 'wikitext2:SPLIT' nor an existing text file")
+        lines = tuple(f.read_text(encoding="utf-8").splitlines())
+    return encode_lines(tok, lines)
+
+
+def calibration_ids(spec: str, model: Any, *, data_dir: str | None = None, n_tokens: int = 16384,
+                    seq_len: int | None = None) -> np.ndarray:
+    """(B, T) calibration token ids: the first ``n_tokens`` tokens of ``spec`` in rows of length T."""
+    stream = text_token_stream(spec, model, data_dir=data_dir)
+    T = seq_len or min(model.config.max_seq_len, 256)
+    n = min(n_tokens, stream.size) // T * T
+    if n == 0:
+        raise InvalidInputError(f"calibration source {spec!r} has {stream.size} tokens, fewer than one row of {T}")
+    return stream[:n].reshape(-1, T)

@@ -1,0 +1,425 @@
+"""The ``curmoe`` command line: a thin layer over the Python API.
+
+Each subcommand parses its arguments and calls one library function; heavy modules are imported inside the
+handlers so ``curmoe --help`` stays fast. Commands that produce figures accept ``--json`` and then print one JSON
+object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main"]
+
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register ``fn(args) -> int`` as subcommand ``name``; ``fn.configure(parser)`` adds its options."""
+
+    def deco(fn: Callable) -> Callable:
+        _COMMANDS[name] = (fn, help)
+        return fn
+
+    return deco
+
+
+def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    print(json.dumps(result, indent=None if as_json else 2, default=str) if as_json else render(result))
+
+
+def _load_calib(spec: str | None, model: Any, data_dir: str | None, n_tokens: int) -> Any:
+    """--calib wikitext2:train | FILE (text) -> (B, T) token ids, tokenised with the model's tokenizer."""
+    if spec is None:
+        return None
+    from curmoe.app.calibdata import calibration_ids
+
+    return calibration_ids(spec, model, data_dir=data_dir, n_tokens=n_tokens)
+
+
+# compress ---------------------------------------------------------------------------------------------------
+def _configure_compress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir")
+    p.add_argument("--method", choices=["cur", "svd"], required=True)
+    p.add_argument("--ratio", type=float, required=True, help="fraction of expert parameters to remove, in (0, 1)")
+    p.add_argument("--selection", default="deim", help="CUR rule: deim | qdeim | leverage | seed")
+    p.add_argument("--u", default="optimal", help="CUR middle matrix: optimal | intersection")
+    p.add_argument("--calib", default=None, help="activation-aware: wikitext2:train or a text FILE")
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
+    p.add_argument("--include-shared", action="store_true")
+    p.add_argument("--fold-u", action="store_true", help="fold U into C (C then holds no real columns)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--json", action="store_true")
+
+
+@command("compress", "compress a model's experts with CUR or SVD")
+def _compress(args: argparse.Namespace) -> int:
+    import curmoe
+
+    model = curmoe.load(args.model_dir)
+    calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
+    aware = calib is not None
+    if args.method == "cur":
+        cfg = curmoe.CURConfig(ratio=args.ratio, selection=args.selection, u=args.u, activation_aware=aware,
+                               seed=args.seed, include_shared=args.include_shared, fold_u=args.fold_u)
+    else:
+        cfg = curmoe.SVDConfig(ratio=args.ratio, activation_aware=aware, seed=args.seed,
+                               include_shared=args.include_shared)
+    out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json)
+    out.save(args.output)
+    rec = {k: v for k, v in out.config.compression.items() if k != "matrices"}
+    errs = [m["weight_error"] for m in out.config.compression["matrices"].values()]
+    oerrs = [m["output_error"] for m in out.config.compression["matrices"].values() if m["output_error"] is not None]
+    rec |= {"output": args.output, "mean_weight_error": sum(errs) / len(errs),
+            "mean_output_error": sum(oerrs) / len(oerrs) if oerrs else None}
+    _emit(rec, args.json, lambda r: (
+        f"saved {r['output']}: {r['method']} removed {100 * r['ratio_expert_params']:.1f}% of expert parameters "
+        f"({100 * r['ratio_all_params']:.1f}% of all), mean weight error {r['mean_weight_error']:.4f}"
+        + (f", mean output error {r['mean_output_error']:.4f}" if r["mean_output_error"] is not None else "")
+        + f", {r['time_s']:.1f} s"))
+    return 0
+
+
+_compress.configure = _configure_compress  # type: ignore[attr-defined]
+
+
+# convert ----------------------------------------------------------------------------------------------------
+def _configure_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hf_model_dir")
+    p.add_argument("-o", "--output", required=True)
+
+
+@command("convert", "convert a Hugging Face MoE model directory to a curmoe model directory")
+def _convert(args: argparse.Namespace) -> int:
+    from curmoe.models.hf import convert
+
+    path = convert(args.hf_model_dir, args.output)
+    print(f"saved {path}")
+    return 0
+
+
+_convert.configure = _configure_convert  # type: ignore[attr-defined]
+
+
+# info -------------------------------------------------------------------------------------------------------
+def _configure_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir")
+    p.add_argument("--json", action="store_true")
+
+
+@command("info", "describe a model directory (architecture, parameters, compression)")
+def _info(args: argparse.Namespace) -> int:
+    import curmoe
+
+    m = curmoe.load(args.model_dir)
+    rec = {"model": repr(m), "params": m.n_params(), "expert_params": m.n_expert_params(),
+           "compression": None if m.config.compression is None else
+           {k: v for k, v in m.config.compression.items() if k != "matrices"}}
+    _emit(rec, args.json, lambda r: json.dumps(r, indent=2, default=str))
+    return 0
+
+
+_info.configure = _configure_info  # type: ignore[attr-defined]
+
+
+# export -----------------------------------------------------------------------------------------------------
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir")
+    p.add_argument("--format", choices=["onnx", "openvino", "coreml"], default="onnx")
+    p.add_argument("--dispatch", choices=["sparse", "dense"], default="sparse")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--fold-u", action="store_true", help="fold CUR's U into C in the graph")
+    p.add_argument("--no-cache", action="store_true", help="full-sequence graph without KV cache inputs")
+    p.add_argument("--fused-moe", action="store_true", help="ORT com.microsoft.MoE for dense experts")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--json", action="store_true")
+
+
+@command("export", "export a model (ONNX with factorised experts; OpenVINO IR; Core ML)")
+def _export(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    import curmoe
+    from curmoe.exporters import OnnxExportConfig, export
+
+    model = curmoe.load(args.model_dir)
+    out = Path(args.output)
+    cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
+                           with_cache=not args.no_cache, fused_moe=args.fused_moe)
+    if args.format == "onnx":
+        path = export(model, cfg, out)
+    elif args.format == "openvino":
+        from curmoe.exporters.openvino import export_openvino_ir
+
+        onnx_path = export(model, cfg, out.with_suffix(".onnx"))
+        path = export_openvino_ir(onnx_path, out.with_suffix(".xml"))
+    else:
+        from curmoe.exporters.coreml import CoreMLExportConfig
+
+        path = export(model, CoreMLExportConfig(dtype=args.dtype), out.with_suffix(".mlpackage"))
+    tok = out.parent / "tokenizer.json"
+    if model.tokenizer_path is not None and not tok.exists():
+        shutil.copyfile(model.tokenizer_path, tok)  # so eval/generate on the file find the tokenizer
+    dispatch = "dense (every expert masked by its gates)" if args.format == "coreml" else args.dispatch
+    _emit({"output": str(path), "format": args.format, "dispatch": dispatch, "dtype": args.dtype},
+          args.json, lambda r: f"wrote {r['output']} ({r['format']}, {r['dispatch']} dispatch, {r['dtype']})")
+    return 0
+
+
+_export.configure = _configure_export  # type: ignore[attr-defined]
+
+
+# validate ---------------------------------------------------------------------------------------------------
+def _configure_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="an exported model file")
+    p.add_argument("--model", required=True, help="the curmoe model directory it was exported from")
+    p.add_argument("--runtime", default="onnxruntime:cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("validate", "run an exported model on a runtime and compare it with the NumPy float64 reference")
+def _validate(args: argparse.Namespace) -> int:
+    import curmoe
+    from curmoe.runtimes import validate
+
+    rep = validate(args.file, curmoe.load(args.model), args.runtime, threads=args.threads).to_dict()
+    rep.pop("cases", None)
+    _emit(rep, args.json, lambda r: (
+        f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "
+        f"max_rel_err {r['max_rel_err']:.3g}, routing agreement {r['routing_agreement']}, "
+        f"ppl {r['ppl_runtime']:.4f} vs reference {r['ppl_ref']:.4f}"
+        + (f"\nfailures: {r['failures']}" if r["failures"] else "")))
+    return 0 if rep["passed"] else 1
+
+
+_validate.configure = _configure_validate  # type: ignore[attr-defined]
+
+
+def _open(path: str, runtime: str | None, threads: int | None = None) -> Any:
+    """A model directory opens on the reference runtime by default; a file on ONNX Runtime CPU."""
+    from pathlib import Path
+
+    from curmoe.runtimes import load
+
+    default = "reference" if Path(path).is_dir() else "onnxruntime:cpu"
+    return load(path, runtime or default, threads=threads)
+
+
+# eval -------------------------------------------------------------------------------------------------------
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model directory (reference) or an exported file (with --runtime)")
+    p.add_argument("--runtime", default=None, help="default: reference for a directory, onnxruntime:cpu for a file")
+    p.add_argument("--dataset", choices=["wikitext2"], default="wikitext2")
+    p.add_argument("--split", choices=["valid", "test", "train"], default="valid")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--context", type=int, default=None, help="window length (default: the model's max_seq_len)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: non-overlapping)")
+    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens (stated in output)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("eval", "perplexity (token and word level) on WikiText-2 through the reference or a runtime")
+def _eval(args: argparse.Namespace) -> int:
+    from curmoe.runtimes.evaluate import evaluate_wikitext2, find_tokenizer
+
+    sess = _open(args.model, args.runtime, args.threads)
+    res = evaluate_wikitext2(sess, find_tokenizer(args.model, args.tokenizer), split=args.split,
+                             data_dir=args.data_dir, context=args.context, stride=args.stride,
+                             max_tokens=args.max_tokens, progress=not args.json)
+    out = res.to_dict() | {"runtime": sess.info().to_dict(), "model": args.model}
+    _emit(out, args.json, lambda r: (
+        f"{r['model']} on {r['runtime']['name']}: ppl_token {r['ppl_token']:.3f}, ppl_word {r['ppl_word']:.3f} "
+        f"({r['tokens']} tokens scored)\nprotocol: {json.dumps(r['protocol'])}"))
+    return 0
+
+
+_eval.configure = _configure_eval  # type: ignore[attr-defined]
+
+
+# generate ---------------------------------------------------------------------------------------------------
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("--runtime", default=None)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@command("generate", "generate text with a KV cache on any runtime")
+def _generate(args: argparse.Namespace) -> int:
+    from curmoe.models.tokenizer import load_tokenizer
+    from curmoe.runtimes import generate
+    from curmoe.runtimes.evaluate import find_tokenizer, session_config
+
+    sess = _open(args.model, args.runtime)
+    tok = load_tokenizer(find_tokenizer(args.model, args.tokenizer))
+    prompt = tok.encode(args.prompt, add_special_tokens=False).ids
+    cfg = session_config(sess)
+    out = generate(sess, np.asarray(prompt or [cfg.eos_token_id or 0], np.int64), args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, eos_token_id=cfg.eos_token_id)
+    text = tok.decode(out[len(prompt):].tolist())
+    _emit({"prompt": args.prompt, "completion": text, "runtime": sess.info().name}, args.json,
+          lambda r: r["prompt"] + " " + r["completion"])
+    return 0
+
+
+_generate.configure = _configure_generate  # type: ignore[attr-defined]
+
+
+# runtimes ---------------------------------------------------------------------------------------------------
+def _configure_runtimes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+@command("runtimes", "list the runtimes and devices usable on this machine")
+def _runtimes(args: argparse.Namespace) -> int:
+    from curmoe.runtimes import available, names
+
+    avail = dict(available())
+    rows = [{"name": n, "available": n in avail, "devices": avail.get(n, [])} for n in names()]
+    _emit({"runtimes": rows}, args.json, lambda r: "\n".join(
+        f"{x['name']:<24} {'yes' if x['available'] else 'no ':<4} {', '.join(x['devices'])}" for x in r["runtimes"]))
+    return 0
+
+
+_runtimes.configure = _configure_runtimes  # type: ignore[attr-defined]
+
+
+# bench ------------------------------------------------------------------------------------------------------
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    from curmoe.app.bench import build_parser
+
+    build_parser(p)
+    p.add_argument("--json", action="store_true")
+
+
+@command("bench", "decode tokens/s, prefill latency and roofline for every runtime row, in one run")
+def _bench(args: argparse.Namespace) -> int:
+    from curmoe.app.bench import run
+
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+_bench.configure = _configure_bench  # type: ignore[attr-defined]
+
+
+# demo -------------------------------------------------------------------------------------------------------
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", default="1024x2816", help="matrix shape (out x in) of the decomposition demo")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped models/wt2-moe-8x)")
+    p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
+    p.add_argument("--max-eval-tokens", type=int, default=None, help="score only the first N valid tokens")
+    p.add_argument("--skip-decompositions", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+@command("demo", "the main job: decompositions side by side, then the shipped model compressed and evaluated")
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from curmoe.app.demo import (
+        decomposition_demo,
+        format_model_demo,
+        model_demo,
+        shipped_model_dir,
+    )
+
+    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    out: dict[str, Any] = {}
+    if not args.skip_decompositions:
+        m, n = (int(v) for v in args.shape.lower().split("x"))
+        say(f"[1] decompositions of one {m}x{n} weight (power-law spectrum + noise; 4096 anisotropic activations)")
+        out["decompositions"] = decomposition_demo(m, n, say=say)
+        say(out["decompositions"]["table"])
+        say("times are wall-clock on this machine, measured in one run; speed-up is relative to the poster's "
+            "'seed' CUR at the same ratio. Errors: ||W - W'||_F / ||W||_F and ||(W - W') X^T||_F / ||W X^T||_F.")
+    model_dir = Path(args.model) if args.model else shipped_model_dir()
+    if (model_dir / "config.json").is_file():
+        say(f"[2] {model_dir}: compress -> export ONNX -> validate on every runtime -> perplexity -> generate")
+        out["model"] = model_demo(model_dir, data_dir=args.data_dir, max_eval_tokens=args.max_eval_tokens, say=say)
+        say(format_model_demo(out["model"]))
+    else:
+        say(f"[2] skipped: no model at {model_dir}")
+    if args.json:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+_demo.configure = _configure_demo  # type: ignore[attr-defined]
+
+
+# report -----------------------------------------------------------------------------------------------------
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="docs/results/data", help="folder of the benchmarks' results files")
+    p.add_argument("--out", default=None, help="where the pages and figures go (default: the parent of --data)")
+    p.add_argument("--readme", default=None, help="also rewrite the results block of this README")
+    p.add_argument("--json", action="store_true")
+
+
+@command("report", "write docs/results/ (Markdown + figures) from the stored benchmark measurements")
+def _report(args: argparse.Namespace) -> int:
+    from curmoe.app.report import report
+
+    out = report(args.data, args.out, readme=args.readme)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("\n".join(f"wrote {p}" for p in out["written"]))
+        for n in out["missing"]:
+            print(f"not measured yet: {n} (its page says which command makes it)")
+    return 0
+
+
+_report.configure = _configure_report  # type: ignore[attr-defined]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import curmoe
+
+    p = argparse.ArgumentParser(prog="curmoe", description="Compress MoE models with CUR; export, run, validate.")
+    p.add_argument("--version", action="version", version=f"curmoe {curmoe.__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (fn, help) in _COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        fn.configure(sp)
+        sp.set_defaults(func=fn)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # coremltools warns at import about torch versions and macOS-only proxies: noise on Linux
+        logging.getLogger("coremltools").setLevel(logging.ERROR)
+    from curmoe.common.errors import CurmoeError
+
+    try:
+        return int(args.func(args) or 0)
+    except CurmoeError as e:
+        print(f"curmoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""curmoe.reference: the NumPy reference MoE transformer, the oracle every other engine is checked against.
+
+Owns: the model config, attention with KV cache, the MoE block, the expert linear maps (dense, CUR, SVD, neuron),
+checkpoints (safetensors + config.json), tensor names (:mod:`curmoe.reference.names`) and the causal twin.
+Imports NumPy, safetensors, :mod:`curmoe.common` and :mod:`curmoe.routing`.
+"""
+
+from __future__ import annotations
+
+from curmoe.reference._attention import KVCache
+from curmoe.reference._causal import causal_twin
+from curmoe.reference._config import ModelConfig, MoEConfig
+from curmoe.reference._linear import CURLinear, DenseLinear, Linear, SVDLinear
+from curmoe.reference._model import Model, ModelOutput, load
+from curmoe.reference._moe import expert_forward
+from curmoe.reference.names import expected_tensors, expert_keys
+
+__all__ = ["Model", "ModelOutput", "ModelConfig", "MoEConfig", "KVCache", "Linear", "DenseLinear", "CURLinear",
+           "SVDLinear", "load", "causal_twin", "expert_forward", "expert_keys", "expected_tensors"]

@@ -1,0 +1,233 @@
+"""The NumPy reference MoE transformer: the oracle every torch model, exporter and runtime is checked against.
+
+Block l:  h = x + Attn(RMSNorm(x));  x' = h + FFN_l(RMSNorm(h)),  FFN_l = MoE block or dense SwiGLU.
+Logits = RMSNorm(x_L) @ lm_head.T (lm_head = embedding when tied). Computes in the dtype of its weights
+(``Model.astype(np.float64)`` gives the float64 oracle).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from curmoe.common.errors import InvalidInputError
+from curmoe.reference._attention import KVCache, attention
+from curmoe.reference._checkpoint import (
+    TOKENIZER_FILE,
+    read_checkpoint,
+    write_checkpoint,
+)
+from curmoe.reference._config import ModelConfig
+from curmoe.reference._linear import DenseLinear, Linear
+from curmoe.reference._moe import Observer, expert_forward, moe_block
+from curmoe.reference._ops import rms_norm
+from curmoe.reference.names import expected_tensors
+from curmoe.routing import Routing
+
+__all__ = ["Model", "ModelOutput", "load"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    logits: np.ndarray  # (B, T, vocab)
+    routings: list[list[Routing]]  # per layer, one Routing per sequence (empty list for dense layers)
+
+
+class Model:
+    """A curmoe MoE language model held as NumPy arrays.
+
+    Args:
+        config: the architecture (and, for compressed models, which expert matrices are factorised).
+        tensors: every non-expert weight by checkpoint name ("embed.weight", "layers.0.attn.q.weight", ...).
+        experts: every expert matrix by key "layers.{l}.experts.{e}.{gate|up|down}" (shared experts:
+            "layers.{l}.shared.{s}.{name}") as a dense, CUR or SVD linear map.
+        tokenizer_path: a tokenizer.json that belongs to the model, if any (copied on save).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tensors: dict[str, np.ndarray],
+        experts: dict[str, Linear],
+        tokenizer_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.tensors = tensors
+        self.experts = experts
+        self.tokenizer_path = tokenizer_path
+
+    # Construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def random(cls, config: ModelConfig, seed: int = 0, dtype: np.dtype = np.float32, std: float = 0.02) -> Model:
+        """Randomly initialised dense model (normal(0, std) weights, unit norms, zero biases)."""
+
+        if config.factors:
+            raise InvalidInputError("Model.random builds dense models; drop config.factors or use curmoe.compress")
+        rng = np.random.default_rng(seed)
+        tensors: dict[str, np.ndarray] = {}
+        experts: dict[str, Linear] = {}
+        for name, (shape, kind) in expected_tensors(config).items():
+            if name.endswith("norm.weight"):
+                t = np.ones(shape, dtype)
+            elif name.endswith(".bias"):
+                t = (rng.standard_normal(shape) * std).astype(dtype) if name.endswith("router.bias") else np.zeros(shape, dtype)
+            else:
+                t = (rng.standard_normal(shape) * std).astype(dtype)
+            if ".experts." in name or ".shared." in name:  # "shared_gate" has no ".shared." in it
+                experts[name.removesuffix(".weight")] = DenseLinear(t)
+            else:
+                tensors[name] = t
+        return cls(config, tensors, experts)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.tensors["embed.weight"].dtype
+
+    def astype(self, dtype: np.dtype) -> Model:
+        """A copy computing in ``dtype`` (e.g. np.float64 for the oracle). Index vectors stay int64."""
+        t = {k: v.astype(dtype) for k, v in self.tensors.items()}
+        e = {k: v.astype(dtype) for k, v in self.experts.items()}
+        return Model(self.config, t, e, self.tokenizer_path)
+
+    # Parameter accounting -----------------------------------------------------------------------------------
+    def n_expert_params(self, shared: bool = False) -> int:
+        """Parameters of the routed expert matrices (plus shared experts if ``shared``)."""
+        return sum(m.n_params for k, m in self.experts.items() if ".experts." in k or (shared and ".shared." in k))
+
+    def n_params(self) -> int:
+        """All parameters: tensors + expert factors (CUR index vectors are not counted: they are metadata)."""
+        return sum(int(v.size) for v in self.tensors.values()) + sum(m.n_params for m in self.experts.values())
+
+    # Forward ------------------------------------------------------------------------------------------------
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def forward(
+        self, input_ids: np.ndarray, *, attention_mask: np.ndarray | None = None, cache: KVCache | None = None
+    ) -> np.ndarray:
+        """Logits (B, T, vocab) for ``input_ids`` (B, T). With ``cache``, the tokens continue the cached ones
+        and the cache is extended in place (incremental decoding)."""
+        return self.run(input_ids, attention_mask=attention_mask, cache=cache).logits
+
+    __call__ = forward
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        *,
+        attention_mask: np.ndarray | None = None,
+        cache: KVCache | None = None,
+        observer: Observer | None = None,
+    ) -> ModelOutput:
+        """Forward pass returning logits and each MoE layer's routing decisions.
+
+        ``attention_mask`` (B, T): 1 for real tokens, 0 for padding (left or right). ``observer(key, X)`` sees
+        the input of every expert matrix (used to gather calibration statistics).
+        """
+        cfg = self.config
+        ids, mask = self._check_inputs(input_ids, attention_mask, cache)
+        B, T = ids.shape
+        past = 0 if cache is None else cache.length
+        if cache is not None and past and cache.mask.shape[0] != B:
+            raise InvalidInputError(f"batch size {B} differs from the cache's {cache.mask.shape[0]}; start a new cache")
+        n_real_past = np.zeros(B, np.int64) if cache is None or cache.n_real is None else cache.n_real
+        key_mask = mask if cache is None or not past else np.concatenate([cache.mask, mask], axis=1)
+        positions = n_real_past[:, None] + np.cumsum(mask, axis=1) - 1
+        positions = np.where(mask, positions, 0)  # padding positions are irrelevant (masked out)
+        decoding = past > 0
+
+        x = self.tensors["embed.weight"][ids]  # (B, T, d)
+        routings: list[list[Routing]] = []
+        for l in range(cfg.n_layers):
+            t = self._layer(l)
+            pk = cache.keys[l] if cache is not None and past else None
+            pv = cache.values[l] if cache is not None and past else None
+            a, k, v = attention(rms_norm(x, t["attn_norm.weight"], cfg.norm_eps), t, cfg, positions, key_mask, pk, pv)
+            if cache is not None:
+                if past:
+                    cache.keys[l], cache.values[l] = k, v
+                else:
+                    cache.keys.append(k)
+                    cache.values.append(v)
+            x = x + a
+            hn = rms_norm(x, t["ffn_norm.weight"], cfg.norm_eps)
+            if cfg.layer_type(l) == "moe":
+                y, r = moe_block(
+                    hn, ids, mask, l, cfg.moe, t["router.weight"], t.get("router.bias"), self.experts,
+                    t.get("shared_gate.weight"), decoding, observer,
+                )
+                routings.append(r)
+            else:
+                mats = {n: DenseLinear(t[f"mlp.{n}.weight"]) for n in ("gate", "up", "down")}
+                y = expert_forward(hn, mats, "swiglu")
+                routings.append([])
+            x = x + y
+        x = rms_norm(x, self.tensors["norm.weight"], cfg.norm_eps)
+        head = self.tensors["embed.weight"] if cfg.tie_embeddings else self.tensors["lm_head.weight"]
+        logits = x @ head.T  # (B, T, d) @ (d, V)
+        if cache is not None:
+            cache.mask = key_mask
+            cache.n_real = n_real_past + mask.sum(axis=1)
+        return ModelOutput(logits, routings)
+
+    def _layer(self, l: int) -> dict[str, np.ndarray]:
+        """This layer's tensors with the "layers.{l}." prefix (and "attn.") stripped, built once and cached."""
+        cache = self.__dict__.setdefault("_layer_cache", {})
+        if l not in cache:
+            pre = f"layers.{l}."
+            cache[l] = {
+                k[len(pre):].removeprefix("attn."): v for k, v in self.tensors.items() if k.startswith(pre)
+            }
+        return cache[l]
+
+    def _check_inputs(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray | None, cache: KVCache | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise InvalidInputError(f"input_ids must be an int array of shape (B, T) with T >= 1, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise InvalidInputError(f"input_ids must hold integers, got dtype {ids.dtype}")
+        V = self.config.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            bad = ids[(ids < 0) | (ids >= V)][0]
+            raise InvalidInputError(f"input_ids contains token id {int(bad)} outside the vocabulary [0, {V})")
+        total = ids.shape[1] + (0 if cache is None else cache.length)
+        if total > self.config.max_seq_len:
+            log.debug("sequence length %d exceeds max_seq_len=%d (RoPE extrapolates)", total, self.config.max_seq_len)
+        if attention_mask is None:
+            mask = np.ones(ids.shape, dtype=bool)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.shape != ids.shape:
+                raise InvalidInputError(
+                    f"attention_mask has shape {mask.shape} but input_ids has {ids.shape}; they must match"
+                )
+            mask = mask.astype(bool)
+        return ids.astype(np.int64, copy=False), mask
+
+    def save(self, path: str | Path) -> Path:
+        """Write config.json + model.safetensors (+ tokenizer.json) atomically into directory ``path``."""
+        path = write_checkpoint(path, self.config, self.tensors, self.experts, self.tokenizer_path)
+        if self.tokenizer_path is not None:
+            self.tokenizer_path = Path(path) / TOKENIZER_FILE
+        return path
+
+    def __repr__(self) -> str:
+        c = self.config
+        kind = "compressed" if c.factors else "dense"
+        return (
+            f"Model({kind}, layers={c.n_layers}, d_model={c.d_model}, experts={c.moe.n_experts}, "
+            f"router={c.moe.router.kind}, params={self.n_params():,}, dtype={self.dtype})"
+        )
+
+
+def load(path: str | Path, *, dtype: np.dtype | None = None) -> Model:
+    """Load a model directory (config.json + model.safetensors + tokenizer.json), checking every tensor against the
+    config. ``dtype`` casts floats (e.g. ``np.float64`` for the oracle)."""
+    return Model(*read_checkpoint(path, dtype=dtype))

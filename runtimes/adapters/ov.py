@@ -1,0 +1,265 @@
+"""OpenVINO adapter: a curmoe ONNX export (read directly by OpenVINO's ONNX frontend) or OpenVINO IR (.xml/.bin,
+written by :func:`curmoe.exporters.export_openvino_ir`) compiled for an OpenVINO device.
+
+Targets (registry names): ``openvino:cpu``, ``openvino:gpu``, ``openvino:npu``, ``openvino:auto``. A target names a
+device family; ``device=`` picks one device of it: ``"GPU"`` is ``"GPU.0"``, the integrated GPU when there is one
+(a discrete Arc is usually ``"GPU.1"``); AUTO takes a priority list, ``"AUTO:GPU.1,CPU"``.
+
+Precision: OpenVINO's CPU plugin runs in bf16 by default on CPUs with AMX or AVX512-BF16 (and GPUs in f16); an
+8-bit mantissa can flip near-tied top-k routing decisions and costs ~1e-2 of the logit scale. This adapter
+compiles with ``INFERENCE_PRECISION_HINT=f32`` unless ``precision=`` asks for "bf16", "f16" or the device
+"default": validation then reports the routing agreement of the faster precision against the reference.
+
+This module is named ``ov`` (not ``openvino``) so that it never shadows the SDK; it imports ``openvino`` absolutely.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino
+
+from curmoe.common.errors import InvalidInputError
+from curmoe.runtimes.base import (
+    IOSpec,
+    RuntimeInfo,
+    RuntimeNotAvailableError,
+    SessionOptions,
+    SpecSession,
+)
+
+__all__ = ["OpenVINOSession", "load", "devices", "TARGETS", "PRECISIONS", "FUSED_MOE_LAYER_TYPES"]
+
+log = logging.getLogger(__name__)
+
+#: registry target -> what provides it
+TARGETS = {
+    "CPU": "the CPU plugin (x86-64 and ARM CPUs)",
+    "GPU": "the GPU plugin (Intel integrated and Arc GPUs; needs the OpenCL runtime / Intel GPU driver)",
+    "NPU": "the NPU plugin (Intel Core Ultra NPUs; needs the NPU driver)",
+    "AUTO": "the AUTO plugin (picks among the devices present)",
+}
+#: ``precision=`` values: an INFERENCE_PRECISION_HINT, or "default" (the device's own choice: bf16 on AMX CPUs)
+PRECISIONS = ("f32", "bf16", "f16", "default")
+#: runtime layer types that mean OpenVINO fused an MoE block (CPU GatherMatmul kernels, GPU MOE kernels)
+FUSED_MOE_LAYER_TYPES = ("MOE", "MOECompressed", "MOE3GemmFusedCompressed", "GatherMatmul", "GatherMatmulCompressed")
+_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+_OUT_NAME = re.compile(r"^(logits|present\.\d+\.(key|value)|routing\.\d+\.(selected|logits))$")
+
+_core: openvino.Core | None = None
+
+
+def core() -> openvino.Core:
+    """The process-wide ``openvino.Core`` (created on first use)."""
+    global _core
+    if _core is None:
+        _core = openvino.Core()
+    return _core
+
+
+def _family(target: str) -> str:
+    t = target.upper()
+    if t not in TARGETS:
+        raise InvalidInputError(f"unknown OpenVINO target {target!r}; choose one of {', '.join(TARGETS)}")
+    return t
+
+
+def _present() -> list[str]:
+    return list(core().available_devices)
+
+
+def _describe(dev: str) -> str:
+    try:
+        return f"{dev} ({core().get_property(dev, 'FULL_DEVICE_NAME')})"
+    except RuntimeError:
+        return dev
+
+
+def devices(target: str) -> list[str]:
+    """Devices of the target family present here (``"GPU.0 (Intel(R) Arc(TM) ...)"``); [] when there are none."""
+    fam = _family(target)
+    present = _present()
+    if fam == "AUTO":
+        return [_describe(d) for d in present]
+    return [_describe(d) for d in present if d.split(".")[0] == fam]
+
+
+def _resolve_device(fam: str, device: str | None) -> str:
+    """The device string to compile for, checked against what this machine has."""
+    present = _present()
+    dev = fam if device is None else device
+    if not isinstance(dev, str) or not dev:
+        raise InvalidInputError(f"device={device!r} must be a device name such as 'GPU.1'")
+    if fam == "AUTO":
+        if not dev.upper().startswith("AUTO"):
+            raise InvalidInputError(f"device={dev!r} is not an AUTO device; pass 'AUTO' or 'AUTO:GPU,CPU'")
+        if not present:
+            raise RuntimeNotAvailableError("openvino:auto has no device to choose from: OpenVINO sees none here")
+        return dev
+    if dev.split(".")[0].upper() != fam:
+        raise InvalidInputError(
+            f"device={dev!r} is not a {fam} device; for openvino:{fam.lower()} pass {fam!r} or {fam + '.1'!r} "
+            f"(devices here: {', '.join(present) or 'none'})"
+        )
+    same = [d for d in present if d.split(".")[0] == fam]
+    ok = dev in present or (dev == fam and same) or (dev == f"{fam}.0" and fam in present)
+    if not ok:
+        fams = {d.split(".")[0] for d in present}
+        usable = [f"openvino:{f.lower()}" for f in TARGETS if f != "AUTO" and f in fams]
+        raise RuntimeNotAvailableError(
+            f"openvino:{fam.lower()} device {dev!r} is not available in OpenVINO {openvino.__version__.split('-')[0]}: "
+            f"it needs {TARGETS[fam]}. Devices here: {', '.join(present) or 'none'}; usable runtimes: "
+            f"{', '.join(usable + (['openvino:auto'] if present else [])) or 'none'}"
+        )
+    return dev
+
+
+def _dtype(et: Any) -> np.dtype:
+    try:
+        return np.dtype(et.to_dtype())
+    except (RuntimeError, TypeError, AttributeError):
+        return np.dtype(np.float32)
+
+
+def _name(port: Any) -> str:
+    names = sorted(port.get_names())
+    good = [n for n in names if _OUT_NAME.match(n) or n in ("input_ids", "attention_mask") or n.startswith("past.")]
+    return (good or names or [port.get_any_name()])[0]
+
+
+def _metadata(path: Path, model: Any) -> dict[str, str]:
+    if path.suffix == ".xml":
+        if not model.has_rt_info(["curmoe"]):
+            return {}
+        return {k: v.astype(str) for k, v in model.get_rt_info()["curmoe"].items()}
+    try:
+        import onnx
+    except ImportError:  # metadata of an ONNX file needs the onnx package; the model runs without it
+        return {}
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+class OpenVINOSession(SpecSession):
+    """An OpenVINO ``CompiledModel`` and one infer request behind the curmoe :class:`Session` interface."""
+
+    def __init__(self, path: Path, target: str, device: str | None, precision: str, options: SessionOptions,
+                 performance_hint: str | None, properties: dict[str, Any] | None, extra_outputs: list[str] | None,
+                 name: str) -> None:
+        self.path, self.options, self._name = path, options, name
+        self.family = _family(target)
+        self.device = _resolve_device(self.family, device)
+        self.precision = precision
+        model = core().read_model(os.fspath(path))
+        self._meta = _metadata(path, model)
+        if extra_outputs:
+            have = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
+            missing = [n for n in extra_outputs if n not in have]
+            if missing:
+                raise InvalidInputError(f"extra_outputs {missing} are not tensors of the model (OpenVINO may have "
+                                        "removed unused ones); export with routing_outputs=True instead")
+            model.add_outputs(list(extra_outputs))
+        config: dict[str, Any] = {}
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if options.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        if performance_hint is not None:
+            config["PERFORMANCE_HINT"] = performance_hint
+        config.update(properties or {})
+        self._config = config
+        self._compiled = core().compile_model(model, self.device, config)
+        self._req = self._compiled.create_infer_request()
+        self._inputs = [IOSpec(_name(i), tuple(d.get_length() if d.is_static else None for d in i.get_partial_shape()),
+                               _dtype(i.get_element_type())) for i in self._compiled.inputs]
+        self._outputs = [IOSpec(_name(o), tuple(d.get_length() if d.is_static else None for d in o.get_partial_shape()),
+                                _dtype(o.get_element_type())) for o in self._compiled.outputs]
+        self._output_names = [o.name for o in self._outputs]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        by_input, names = self._check_feeds(feeds, outputs)
+        res = self._req.infer([by_input[i.name] for i in self._inputs])  # outputs are copied out of the request's buffers (share_outputs=False)
+        by_name = {n: res[port] for n, port in zip(self._output_names, self._compiled.outputs)}
+        return {n: np.asarray(by_name[n]) for n in names}
+
+    def info(self) -> RuntimeInfo:
+        extra: dict[str, Any] = {"openvino": openvino.__version__, "precision_requested": self.precision,
+                                 "config": {k: str(v) for k, v in self._config.items()}}
+        try:
+            extra["execution_devices"] = list(self._compiled.get_property("EXECUTION_DEVICES"))
+            hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+            extra["precision"] = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        except RuntimeError:  # AUTO does not expose the hint of the device it picked
+            pass
+        first = (extra.get("execution_devices") or [self.device])[0]
+        extra["full_device_name"] = _describe(first if self.family == "AUTO" else self.device)
+        return RuntimeInfo("openvino", openvino.__version__.split("-")[0], f"OpenVINO {self.family}", self.device,
+                           self._name, self.options.threads, self.options.optimization, extra)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    # Introspection -----------------------------------------------------------------------------------------------
+    def layer_types(self) -> dict[str, int]:
+        """Count of the compiled (runtime) model's layer types, e.g. {"FullyConnected": 35, "RMS": 5, ...}."""
+        rt = self._compiled.get_runtime_model()
+        return dict(Counter(op.get_rt_info()["layerType"].astype(str) for op in rt.get_ordered_ops()))
+
+    def moe_fusion(self) -> dict[str, Any]:
+        """Whether OpenVINO fused MoE blocks: ``{"fused": bool, "fused_layers": {type: n}, "layer_types": {...}}``.
+
+        Fused means a layer of one of :data:`FUSED_MOE_LAYER_TYPES` (or any type naming MoE / GatherMatmul) is in
+        the runtime model; otherwise each expert's MatMuls run as separate FullyConnected layers.
+        """
+        types = self.layer_types()
+        fused = {t: n for t, n in types.items() if t in FUSED_MOE_LAYER_TYPES or "moe" in t.lower()
+                 or "gathermatmul" in t.lower()}
+        return {"fused": bool(fused), "fused_layers": fused, "layer_types": types}
+
+
+def load(path: str | os.PathLike[str], target: str, *, device: str | None = None, precision: str = "f32",
+         threads: int | None = None, optimization: str = "all", performance_hint: str | None = None,
+         properties: dict[str, Any] | None = None, extra_outputs: list[str] | None = None,
+         name: str | None = None) -> OpenVINOSession:
+    """Compile an ONNX file or OpenVINO IR (.xml) for an OpenVINO device.
+
+    Args:
+        path: a .onnx file (read by OpenVINO's ONNX frontend) or an IR .xml (its .bin next to it).
+        target: "CPU", "GPU", "NPU" or "AUTO" (the registry's ``openvino:cpu`` ... names).
+        device: one device of the family ("GPU.1", "AUTO:GPU,CPU"); None = the family's default.
+        precision: INFERENCE_PRECISION_HINT, one of :data:`PRECISIONS` (default "f32", what validation needs).
+        threads: INFERENCE_NUM_THREADS (CPU only; None = OpenVINO's default).
+        optimization: only "all": OpenVINO has no switch for its graph transformations.
+        performance_hint: "LATENCY", "THROUGHPUT" or "CUMULATIVE_THROUGHPUT" (None = the device's default).
+        properties: any further OpenVINO properties, passed to ``compile_model`` as given (they win).
+        extra_outputs: tensor names to add as outputs (e.g. "routing.0.selected").
+        name: the registry name, recorded in ``info()``.
+
+    Raises:
+        curmoe.InvalidInputError: unknown target, device of another family, bad option or file type.
+        curmoe.runtimes.RuntimeNotAvailableError: the device is not present (the message lists those that are).
+    """
+    fam = _family(target)
+    opts = SessionOptions(threads, optimization)
+    if optimization != "all":
+        raise InvalidInputError(f"optimization={optimization!r}: OpenVINO has no graph optimisation levels; leave "
+                                "optimization='all'")
+    if threads is not None and fam not in ("CPU", "AUTO"):
+        raise InvalidInputError(f"threads={threads} applies to the CPU device, not openvino:{fam.lower()}")
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision={precision!r} is unknown; pass one of {PRECISIONS}")
+    if performance_hint is not None and performance_hint not in _HINTS:
+        raise InvalidInputError(f"performance_hint={performance_hint!r} is unknown; pass one of {_HINTS} or None")
+    if properties is not None and not isinstance(properties, dict):
+        raise InvalidInputError(f"properties must be a dict, got {type(properties).__name__}")
+    p = Path(path)
+    if p.suffix not in (".onnx", ".xml"):
+        raise InvalidInputError(f"{str(p)!r} is neither an ONNX file (.onnx) nor OpenVINO IR (.xml)")
+    return OpenVINOSession(p, fam, device, precision, opts, performance_hint, properties, extra_outputs,
+                           name or f"openvino:{fam.lower()}")
