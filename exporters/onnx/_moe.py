@@ -9,8 +9,8 @@ no ``.U``); an SVD matrix W ~ A B is ``x -> B.T -> A.T`` on ``{key}.B`` (r, n), 
 
 Dispatch (same outputs):
 - ``sparse``: per expert e, ``idx = NonZero(selected[:, e])``, ``y_e = G[idx, e] * expert_e(x[idx])``; all
-  (idx, y_e) are concatenated and added into zeros (N, d) by one ``ScatterND(reduction="add")``. Only routed
-  tokens are computed.
+  (idx, y_e) are concatenated, written to distinct cells (token, slot) of zeros (N, S, d) by one ScatterND
+  (no reduction: no index repeats) and summed over the slots. Only routed tokens are computed.
 - ``dense``: ``y = sum_e G[:, e] * expert_e(x)`` over all tokens: static shapes, E times the expert work.
 """
 
@@ -114,13 +114,17 @@ def _sparse(g: GraphBuilder, x: str, sel: str, comb: str, pre: str, E: int, expe
 
     ``NonZero(selected.T)`` lists the M pairs sorted by expert then token; one Gather builds their inputs (M, d),
     one Split with the per-expert counts hands each expert its rows (possibly none), the expert outputs are
-    concatenated back in the same order, scaled by their gates and added into zeros (N, d) by one
-    ``ScatterND(reduction="add")``. The node count per expert is that of its MatMul chain only.
+    concatenated back in the same order and scaled by their gates. Pair (e, t) goes to slot
+    ``s = #{e' <= e selected by t} - 1`` of token t: one ScatterND without reduction writes the M rows into
+    distinct cells of zeros (N, S, d), S = the most experts any token has, and ReduceSum over the slots adds each
+    token's terms in expert order, as the reference. Not ``ScatterND(reduction="add")`` on the repeated token
+    indices: ONNX Runtime's CPU kernel splits the updates over threads and adds non-atomically, so two threads
+    adding into one token's row lose a term (issue 19). The node count per expert is that of its MatMul chain only.
     """
     pairs = g.op("NonZero", [g.op("Transpose", [sel], f"{pre}.selected_t", perm=[1, 0])], f"{pre}.pairs")  # (2, M)
     tokens = g.op("Gather", [pairs, g.const(1)], f"{pre}.pair_tokens", axis=0)  # (M,) token of each pair
-    counts = g.op("ReduceSum", [g.cast(sel, np.int64, f"{pre}.selected_i"), g.const([0])], f"{pre}.counts",
-                  keepdims=0)  # (E,) tokens per expert
+    sel_i = g.cast(sel, np.int64, f"{pre}.selected_i")  # (N, E)
+    counts = g.op("ReduceSum", [sel_i, g.const([0])], f"{pre}.counts", keepdims=0)  # (E,) tokens per expert
     xs = g.op("Split", [g.op("Gather", [x, tokens], f"{pre}.pair_x", axis=0), counts], f"{pre}.expert_x",
               outputs=E, axis=0) if E > 1 else [g.op("Gather", [x, tokens], f"{pre}.pair_x", axis=0)]
     ys = []
@@ -128,14 +132,28 @@ def _sparse(g: GraphBuilder, x: str, sel: str, comb: str, pre: str, E: int, expe
         key = f"{pre}.experts.{e}"
         ys.append(expert(g, xs[e], key, _mats(experts, key), activation, fold_u))  # (n_e, d)
     y = ys[0] if E == 1 else g.op("Concat", ys, f"{pre}.pair_y", axis=0)  # (M, d)
-    gates = g.op("GatherND", [g.op("Transpose", [comb], f"{pre}.combine_t", perm=[1, 0]),
-                              g.op("Transpose", [pairs], f"{pre}.pairs_t", perm=[1, 0])], f"{pre}.pair_gates")  # (M,)
+    pairs_t = g.op("Transpose", [pairs], f"{pre}.pairs_t", perm=[1, 0])  # (M, 2): (expert, token)
+    gates = g.op("GatherND", [g.op("Transpose", [comb], f"{pre}.combine_t", perm=[1, 0]), pairs_t],
+                 f"{pre}.pair_gates")  # (M,)
     y = g.op("Mul", [g.to_float32(y), g.op("Unsqueeze", [gates, g.const([1])], f"{pre}.pair_gates1")], f"{pre}.pair_yg")
-    # accumulated in float32: ORT's CPU ScatterND has no float16 "add" kernel, and the k-term sum is more accurate
-    zeros = g.op("ConstantOfShape", [g.op("Shape", [x], f"{pre}.shape_nd")], f"{pre}.moe_zeros",
+    # slot of each pair: rank of its expert among the token's selected ones, so (token, slot) never repeats
+    slot_table = g.op("Sub", [g.op("CumSum", [sel_i, g.const(1)], f"{pre}.slot_cumsum"), g.const(1)], f"{pre}.slot_table")
+    slots = g.op("GatherND", [g.op("Transpose", [slot_table], f"{pre}.slot_table_t", perm=[1, 0]), pairs_t],
+                 f"{pre}.pair_slots")  # (M,)
+    cells = g.op("Concat", [g.op("Unsqueeze", [tokens, g.const([1])], f"{pre}.pair_tokens1"),
+                            g.op("Unsqueeze", [slots, g.const([1])], f"{pre}.pair_slots1")], f"{pre}.pair_cells", axis=1)
+    S = g.op("Max", [g.op("ReduceMax", [g.op("ReduceSum", [sel_i, g.const([1])], f"{pre}.experts_per_token",
+                                              keepdims=0), g.const([0])], f"{pre}.max_slots", keepdims=1),
+                     g.const([1])], f"{pre}.n_slots")  # (1,) >= 1, so the buffer is never empty
+    shape_nd = g.op("Shape", [x], f"{pre}.shape_nd")  # [N, d]
+    shape_nsd = g.op("Concat", [g.op("Slice", [shape_nd, g.const([0]), g.const([1])], f"{pre}.shape_n"), S,
+                                g.op("Slice", [shape_nd, g.const([1]), g.const([2])], f"{pre}.shape_d")],
+                     f"{pre}.shape_nsd", axis=0)
+    # accumulated in float32 (a float16 export too): the k-term sum is more accurate
+    zeros = g.op("ConstantOfShape", [shape_nsd], f"{pre}.moe_zeros",
                  value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
-    tok1 = g.op("Unsqueeze", [tokens, g.const([1])], f"{pre}.pair_tokens1")  # (M, 1)
-    return g.to_act(g.op("ScatterND", [zeros, tok1, y], f"{pre}.routed", reduction="add"))
+    slotted = g.op("ScatterND", [zeros, cells, y], f"{pre}.routed_slots")  # (N, S, d), distinct cells
+    return g.to_act(g.op("ReduceSum", [slotted, g.const([1])], f"{pre}.routed", keepdims=0))
 
 
 def moe_layer(g: GraphBuilder, ctx: Context, cfg: ModelConfig, l: int, x: str, t: dict[str, np.ndarray],
