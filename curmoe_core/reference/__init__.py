@@ -10,10 +10,10 @@ from __future__ import annotations
 from curmoe.reference._attention import KVCache
 from curmoe.reference._causal import causal_twin
 from curmoe.reference._config import ModelConfig, MoEConfig
-from curmoe.reference._linear import CURLinear, DenseLinear, Linear, SVDLinear
+from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
 from curmoe.reference._model import Model, ModelOutput, load
 from curmoe.reference._moe import expert_forward
 from curmoe.reference.names import expected_tensors, expert_keys
 
 __all__ = ["Model", "ModelOutput", "ModelConfig", "MoEConfig", "KVCache", "Linear", "DenseLinear", "CURLinear",
-           "SVDLinear", "load", "causal_twin", "expert_forward", "expert_keys", "expected_tensors"]
+           "SVDLinear", "NeuronLinear", "load", "causal_twin", "expert_forward", "expert_keys", "expected_tensors"]

@@ -26,7 +26,7 @@ import numpy as np
 from curmoe.common.errors import CheckpointError, InvalidInputError
 from curmoe.common.io import atomic_dir, read_json
 from curmoe.reference._config import ModelConfig
-from curmoe.reference._linear import CURLinear, DenseLinear, Linear, SVDLinear
+from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
 from curmoe.reference.names import expected_tensors, expert_keys
 
 __all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "TOKENIZER_FILE"]
@@ -115,6 +115,8 @@ def read_checkpoint(path: str | Path, *, dtype: np.dtype | None = None
             lin = DenseLinear(g("weight"))
         elif spec["kind"] == "svd":
             lin = SVDLinear(g("A"), g("B"))
+        elif spec["kind"] == "neuron":
+            lin = NeuronLinear(g("weight"), g("neurons"), spec["role"])
         else:
             lin = CURLinear(g("C"), None if spec.get("folded") else g("U"), g("R"), g("rows"), g("cols"))
         experts[key] = lin

@@ -1,4 +1,4 @@
-"""Linear maps in the three forms an expert matrix can take: dense, CUR factors, SVD factors.
+"""Linear maps in the forms an expert matrix can take: dense, CUR factors, SVD factors, kept neurons.
 
 All store weights in torch orientation, W of shape (out, in), and compute ``y = x @ W.T``. Factorised maps never
 rebuild W: a CUR map computes ``((x @ R.T) @ U.T) @ C.T`` (x -> R -> U -> C), an SVD map ``(x @ B.T) @ A.T``, so
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DenseLinear", "CURLinear", "SVDLinear", "Linear"]
+__all__ = ["DenseLinear", "CURLinear", "SVDLinear", "NeuronLinear", "Linear"]
 
 
 def _contiguous(obj: object, *names: str) -> None:
@@ -143,4 +143,33 @@ class SVDLinear:
         return SVDLinear(self.A.astype(dtype), self.B.astype(dtype))
 
 
-Linear = DenseLinear | CURLinear | SVDLinear
+@dataclass(frozen=True, eq=False)
+class NeuronLinear(DenseLinear):
+    """One matrix of a neuron-CUR expert: a smaller dense map plus the indices J of the neurons it keeps.
+
+    ``role="rows"`` (gate, up): W = W_orig[J] (k, n), real rows, bit-identical to the original.
+    ``role="refit"`` (down): W = W_down M (m, k), refit by least squares to read only the kept neurons J.
+    Being a :class:`DenseLinear`, it runs (and exports) as a plain smaller expert: no extra op anywhere.
+    """
+
+    neurons: np.ndarray = None  # type: ignore[assignment]  # (k,) int64, indices into the original d_ff
+    role: str = "rows"
+
+    kind = "neuron"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "neurons", np.asarray(self.neurons, np.int64))
+        k = self.W.shape[0] if self.role == "rows" else self.W.shape[1]
+        if self.role not in ("rows", "refit") or self.neurons.shape != (k,):
+            raise ValueError(f"NeuronLinear(role={self.role!r}) needs W with {k} kept neurons and neurons of shape "
+                             f"({k},), got W {self.W.shape} and neurons {self.neurons.shape}")
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"weight": self.W, "neurons": self.neurons}
+
+    def astype(self, dtype: np.dtype) -> NeuronLinear:
+        return NeuronLinear(self.W.astype(dtype), self.neurons, self.role)
+
+
+Linear = DenseLinear | CURLinear | SVDLinear | NeuronLinear

@@ -141,32 +141,19 @@ class Model:
         positions = np.where(mask, positions, 0)  # padding positions are irrelevant (masked out)
         decoding = past > 0
 
-        x = self.tensors["embed.weight"][ids]  # (B, T, d)
+        x = self.embed(ids)  # (B, T, d)
         routings: list[list[Routing]] = []
         for l in range(cfg.n_layers):
-            t = self._layer(l)
             pk = cache.keys[l] if cache is not None and past else None
             pv = cache.values[l] if cache is not None and past else None
-            a, k, v = attention(rms_norm(x, t["attn_norm.weight"], cfg.norm_eps), t, cfg, positions, key_mask, pk, pv)
+            x, k, v, r = self._block(l, x, ids, mask, positions, key_mask, pk, pv, decoding, observer)
             if cache is not None:
                 if past:
                     cache.keys[l], cache.values[l] = k, v
                 else:
                     cache.keys.append(k)
                     cache.values.append(v)
-            x = x + a
-            hn = rms_norm(x, t["ffn_norm.weight"], cfg.norm_eps)
-            if cfg.layer_type(l) == "moe":
-                y, r = moe_block(
-                    hn, ids, mask, l, cfg.moe, t["router.weight"], t.get("router.bias"), self.experts,
-                    t.get("shared_gate.weight"), decoding, observer,
-                )
-                routings.append(r)
-            else:
-                mats = {n: DenseLinear(t[f"mlp.{n}.weight"]) for n in ("gate", "up", "down")}
-                y = expert_forward(hn, mats, "swiglu")
-                routings.append([])
-            x = x + y
+            routings.append(r)
         x = rms_norm(x, self.tensors["norm.weight"], cfg.norm_eps)
         head = self.tensors["embed.weight"] if cfg.tie_embeddings else self.tensors["lm_head.weight"]
         logits = x @ head.T  # (B, T, d) @ (d, V)
@@ -174,6 +161,39 @@ class Model:
             cache.mask = key_mask
             cache.n_real = n_real_past + mask.sum(axis=1)
         return ModelOutput(logits, routings)
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """Token embeddings (B, T, d): the input of layer 0."""
+        return self.tensors["embed.weight"][input_ids]
+
+    def block(self, l: int, x: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+              observer: Observer | None = None) -> np.ndarray:
+        """Layer ``l`` alone on full sequences (no cache): hidden states (B, T, d) in, (B, T, d) out.
+
+        ``embed`` then ``block`` for every layer equals :meth:`run` before the final norm; layer-by-layer work
+        (sequential calibration) uses it to run each layer once on the outputs of the layers before it."""
+        ids, mask = self._check_inputs(input_ids, attention_mask, None)
+        positions = np.where(mask, np.cumsum(mask, axis=1) - 1, 0)
+        return self._block(l, x, ids, mask, positions, mask, None, None, False, observer)[0]
+
+    def _block(self, l: int, x: np.ndarray, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+               key_mask: np.ndarray, pk: np.ndarray | None, pv: np.ndarray | None, decoding: bool,
+               observer: Observer | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Routing]]:
+        """One transformer block: (x out (B, T, d), this step's keys, values, routing per sequence)."""
+        cfg, t = self.config, self._layer(l)
+        a, k, v = attention(rms_norm(x, t["attn_norm.weight"], cfg.norm_eps), t, cfg, positions, key_mask, pk, pv)
+        x = x + a
+        hn = rms_norm(x, t["ffn_norm.weight"], cfg.norm_eps)
+        routing: list[Routing] = []
+        if cfg.layer_type(l) == "moe":
+            y, routing = moe_block(
+                hn, ids, mask, l, cfg.moe, t["router.weight"], t.get("router.bias"), self.experts,
+                t.get("shared_gate.weight"), decoding, observer,
+            )
+        else:
+            mats = {n: DenseLinear(t[f"mlp.{n}.weight"]) for n in ("gate", "up", "down")}
+            y = expert_forward(hn, mats, "swiglu")
+        return x + y, k, v, routing
 
     def _layer(self, l: int) -> dict[str, np.ndarray]:
         """This layer's tensors with the "layers.{l}." prefix (and "attn.") stripped, built once and cached."""

@@ -21,7 +21,8 @@ from curmoe.routing import Routing, route
 __all__ = ["expert_forward", "moe_block", "Observer"]
 
 # observer(key, X): called with the input X (N, in) of every expert matrix, key "layers.{l}.experts.{e}.{name}"
-# (or ".shared.{s}."), and with key "layers.{l}.moe_input" for all real tokens entering the block.
+# (or ".shared.{s}."), with key "layers.{l}.moe_input" for all real tokens entering the block, and with key
+# "layers.{l}.experts.{e}.routing_weights" for the (N_e,) gate values of the tokens routed to expert e.
 Observer = Callable[[str, np.ndarray], None]
 
 
@@ -95,6 +96,8 @@ def moe_block(
             continue
         key = expert_prefix(layer, ex)
         mats = {n: experts[f"{key}.{n}"] for n in ("gate", "up", "down") if f"{key}.{n}" in experts}
+        if observer is not None:
+            observer(f"{key}.routing_weights", gates[tok, slot])  # (n_e,) the gate value each token gives e
         y = expert_forward(xf[tok], mats, cfg.activation, key, observer)  # (n_e, d)
         yf[tok] += gates[tok, slot, None] * y
     if cfg.n_shared:

@@ -111,6 +111,10 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], st
         elif spec["kind"] == "svd":
             r = spec["rank"]
             t[key + ".A"], t[key + ".B"] = ((m, r), "float"), ((r, n), "float")
+        elif spec["kind"] == "neuron":
+            k = spec["n_neurons"]
+            t[key + ".weight"] = ((m, k), "float") if spec["role"] == "refit" else ((k, n), "float")
+            t[key + ".neurons"] = ((k,), "int")
         elif spec["kind"] == "cur":
             r, nc = spec["rank"], spec.get("n_cols", spec["rank"])
             if spec.get("folded"):
@@ -120,7 +124,7 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], st
             t[key + ".R"] = ((r, n), "float")
             t[key + ".rows"], t[key + ".cols"] = ((r,), "int"), ((nc,), "int")
         else:
-            raise CheckpointError(f"config.factors[{key!r}] has kind {spec['kind']!r}; expected 'cur' or 'svd'")
+            raise CheckpointError(f"config.factors[{key!r}] has kind {spec['kind']!r}; expected 'cur', 'svd' or 'neuron'")
     return t
 
 

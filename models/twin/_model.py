@@ -40,6 +40,7 @@ from curmoe.models.twin._moe import (
 from curmoe.reference import (
     CURLinear,
     DenseLinear,
+    NeuronLinear,
     Linear,
     ModelConfig,
     SVDLinear,
@@ -190,7 +191,9 @@ class TorchMoE(nn.Module):
                 tensors[name] = a
         experts: dict[str, Linear] = {}
         for key, g in groups.items():
-            if "weight" in g:
+            if "neurons" in g:
+                experts[key] = NeuronLinear(g["weight"], g["neurons"], self.config.factors[key]["role"])
+            elif "weight" in g:
                 experts[key] = DenseLinear(g["weight"])
             elif "A" in g:
                 experts[key] = SVDLinear(g["A"], g["B"])

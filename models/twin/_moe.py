@@ -60,6 +60,24 @@ class TorchCURLinear(nn.Module):
         return F.linear(h, self.C)  # (N, c) @ (c, m)
 
 
+class TorchNeuronLinear(nn.Module):
+    """One matrix of a neuron-CUR expert (``curmoe.reference.NeuronLinear``): kept rows W[J] (k, n) of gate/up are
+    a buffer (real rows, never trained); the refit down matrix (m, k) is the Parameter healing may train."""
+
+    def __init__(self, m: int, n: int, k: int, role: str) -> None:
+        super().__init__()
+        self.role = role
+        shape = (k, n) if role == "rows" else (m, k)
+        if role == "rows":
+            self.register_buffer("weight", torch.zeros(*shape))
+        else:
+            self.weight = nn.Parameter(torch.zeros(*shape))
+        self.register_buffer("neurons", torch.zeros(k, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class TorchSVDLinear(nn.Module):
     """``y = x @ (A B).T`` computed as ``(x B^T) A^T``; A (m, r) and B (r, n) are Parameters."""
 
@@ -81,7 +99,9 @@ def make_linear(m: int, n: int, spec: dict[str, Any] | None) -> nn.Module:
     if spec["kind"] == "cur":
         r = int(spec["rank"])
         return TorchCURLinear(m, n, r, int(spec.get("n_cols", r)), bool(spec.get("folded")))
-    raise InvalidInputError(f"factor kind {spec['kind']!r} is unknown; expected 'cur' or 'svd'")
+    if spec["kind"] == "neuron":
+        return TorchNeuronLinear(m, n, int(spec["n_neurons"]), spec["role"])
+    raise InvalidInputError(f"factor kind {spec['kind']!r} is unknown; expected 'cur', 'svd' or 'neuron'")
 
 
 class TorchExpert(nn.Module):
