@@ -19,6 +19,7 @@ from pathlib import Path
 
 import openvino
 
+from curmoe.common.checks import check_bool
 from curmoe.common.errors import InvalidInputError
 
 __all__ = ["export_openvino_ir"]
@@ -46,8 +47,8 @@ def export_openvino_ir(onnx_path: str | os.PathLike[str], out_xml: str | os.Path
         raise InvalidInputError(f"{str(src)!r} is not an ONNX file; export one with curmoe.exporters.export")
     if dst.suffix != ".xml":
         raise InvalidInputError(f"OpenVINO IR output path {str(dst)!r} must end in .xml (the .bin goes next to it)")
-    if not isinstance(compress_to_fp16, bool) or not isinstance(routing_outputs, bool):
-        raise InvalidInputError("compress_to_fp16 and routing_outputs must be True or False")
+    compress_to_fp16 = check_bool(compress_to_fp16, "compress_to_fp16")
+    routing_outputs = check_bool(routing_outputs, "routing_outputs")
     meta: dict[str, str] = {}
     read_from, tmp_onnx = src, None
     try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from curmoe.common.checks import check_int
 from curmoe.common.errors import CheckpointError, InvalidInputError, require
 from curmoe.eval import EOS, WikiText2Split
 
@@ -71,11 +72,10 @@ def train_bpe_tokenizer(
                                     "every line with <eos>, and <unk> is the unknown token)")
     if len(set(special)) != len(special):
         raise InvalidInputError(f"special_tokens={tuple(special)!r} has duplicates; list each token once")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size <= len(special):
-        raise InvalidInputError(f"vocab_size={vocab_size!r} must be an integer > {len(special)} (the special "
-                                "tokens); 8192 is the size used for the reference model")
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, (int, np.integer)) or min_frequency < 1:
-        raise InvalidInputError(f"min_frequency={min_frequency!r} must be an integer >= 1")
+    vocab_size = check_int(vocab_size, "vocab_size", lo=len(special) + 1,
+                           fix=f"the {len(special)} special tokens are part of it; 8192 is the size used for "
+                               "the reference model")
+    min_frequency = check_int(min_frequency, "min_frequency", lo=1)
     if isinstance(texts, str):
         raise InvalidInputError("texts must be an iterable of strings (e.g. the split's lines), not one str; "
                                 "wrap it in a list")

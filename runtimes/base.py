@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from curmoe.common.checks import check_int
 from curmoe.common.errors import CurmoeError, InvalidInputError
 
 __all__ = ["Session", "IOSpec", "RuntimeInfo", "SessionOptions", "RuntimeNotAvailableError", "OPTIMIZATION_LEVELS"]
@@ -43,9 +44,9 @@ class SessionOptions:
     optimization: str = "all"
 
     def __post_init__(self) -> None:
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise InvalidInputError(f"threads={self.threads!r} must be None (runtime default) or an integer >= 1")
+        if self.threads is not None:
+            object.__setattr__(self, "threads", check_int(self.threads, "threads", lo=1,
+                                                          fix="or None for the runtime's default"))
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise InvalidInputError(
                 f"optimization={self.optimization!r} is unknown; pass one of {', '.join(OPTIMIZATION_LEVELS)}"

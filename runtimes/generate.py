@@ -13,11 +13,11 @@ included), renormalised, and sampled with ``numpy.random.default_rng(seed)``.
 from __future__ import annotations
 
 import logging
-import math
 import re
 
 import numpy as np
 
+from curmoe.common.checks import check_int, check_number
 from curmoe.common.errors import InvalidInputError
 from curmoe.runtimes.base import Session
 
@@ -96,12 +96,9 @@ def generate(
     ids = ids[None] if squeeze else ids
     if ids.ndim != 2 or ids.shape[1] < 1 or ids.dtype.kind not in "iu":
         raise InvalidInputError(f"prompt_ids must be integer ids of shape (T,) or (B, T) with T >= 1, got {ids.shape}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-        raise InvalidInputError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise InvalidInputError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise InvalidInputError(f"top_p={top_p!r} must be in (0, 1] (1 = no nucleus truncation)")
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", lo=0)
+    temperature = check_number(temperature, "temperature", lo=0, fix="0 = greedy")
+    top_p = check_number(top_p, "top_p", lo=0, lo_open=True, hi=1, fix="1 = no nucleus truncation")
     mask = np.ones(ids.shape, np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
     if mask.shape != ids.shape:
         raise InvalidInputError(f"attention_mask has shape {mask.shape}, prompt_ids {ids.shape}; they must match")

@@ -69,9 +69,9 @@ def test_window_plan_scores_every_target_once(n: int, C: int, data: st.DataObjec
 def test_window_plan_errors() -> None:
     with pytest.raises(InvalidInputError, match="stride=9 is larger than context=8"):
         perplexity_windows(100, 8, 9)
-    with pytest.raises(InvalidInputError, match="context=0 must be >= 1"):
+    with pytest.raises(InvalidInputError, match="context=0 must be an integer >= 1"):
         perplexity_windows(100, 0)
-    with pytest.raises(InvalidInputError, match="n_tokens=1 must be >= 2"):
+    with pytest.raises(InvalidInputError, match="n_tokens=1 must be an integer >= 2"):
         perplexity_windows(1, 8)
     with pytest.raises(InvalidInputError, match="stride=True must be an integer"):
         perplexity_windows(100, 8, True)
@@ -238,10 +238,10 @@ def test_minus_inf_on_other_tokens_is_fine() -> None:
     (dict(token_ids=np.zeros(5)), "must be a 1-D integer array"),
     (dict(token_ids=np.zeros(1, dtype=np.int64)), "at least 2 are needed"),
     (dict(token_ids=np.array([0, -1, 2])), "negative id"),
-    (dict(n_words=0), "n_words=0 must be >= 1"),
-    (dict(batch_size=0), "batch_size=0 must be >= 1"),
+    (dict(n_words=0), "n_words=0 must be an integer >= 1"),
+    (dict(batch_size=0), "batch_size=0 must be an integer >= 1"),
     (dict(stride=20), "stride=20 is larger than context=10"),
-    (dict(max_tokens=1), "max_tokens=1 must be >= 2"),
+    (dict(max_tokens=1), "max_tokens=1 must be an integer >= 2"),
 ])
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     args = dict(token_ids=np.zeros(30, dtype=np.int64), n_words=30, context=10)

@@ -125,7 +125,7 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(vocab_size=3), "vocab_size=3 must be an integer > 3"),
+    (dict(vocab_size=3), "vocab_size=3 must be an integer >= 4; the 3 special tokens"),
     (dict(vocab_size=True), "vocab_size=True must be an integer"),
     (dict(min_frequency=0), "min_frequency=0 must be an integer >= 1"),
     (dict(special_tokens=("<pad>", "<unk>")), "lacks '<eos>'"),

@@ -36,14 +36,14 @@ def as_matrix(W: object, name: str = "W") -> np.ndarray:
     return A
 
 
-def check_finite(A: np.ndarray, name: str) -> None:
-    """Raise if ``A`` holds NaN or Inf, saying how many and where the first one is."""
+def check_finite(A: np.ndarray, name: str, *,
+                 fix: str = "clean or re-export the weights before compressing") -> None:
+    """Raise if ``A`` holds NaN or Inf, saying how many, where the first one is and ``fix``."""
     bad = ~np.isfinite(A)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise InvalidInputError(
-            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN/Inf), first at index {first}; "
-            f"clean or re-export the weights before compressing"
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN/Inf), first at index {first}; {fix}"
         )
 
 
@@ -79,34 +79,51 @@ def exactly_one(rank: object, ratio: object) -> None:
         )
 
 
+def _span(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    """``">= 1"``, ``"<= 9"`` or ``"in [0, 9]"`` (``"in (0, 9]"`` with ``lo_open``); ``""`` without bounds."""
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f"<= {hi}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}]"
+
+
+def _fail(name: str, value: object, must: str, fix: str) -> InvalidInputError:
+    return InvalidInputError(f"{name}={value!r} must be {must}{'; ' + fix if fix else ''}")
+
+
 def check_int(value: object, name: str, *, lo: int | None = None, hi: int | None = None, fix: str = "") -> int:
-    """An integer (not a bool) in ``[lo, hi]``; the error names the value, the range and ``fix``."""
-    rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+    """An integer (not a bool) in ``[lo, hi]``; the error names the value, the range and ``fix``, e.g.
+    ``n_experts=0 must be an integer >= 1``."""
+    must = f"an integer {_span(lo, hi)}".rstrip()
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidInputError(f"{name}={value!r} must be an integer in {rng}{'; ' + fix if fix else ''}")
+        raise _fail(name, value, must, fix)
     v = int(value)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise InvalidInputError(f"{name}={v} is outside {rng}{'; ' + fix if fix else ''}")
+        raise _fail(name, value, must, fix)
     return v
 
 
 def check_number(value: object, name: str, *, lo: float | None = None, hi: float | None = None,
                  lo_open: bool = False, fix: str = "") -> float:
-    """A finite real number (not a bool) in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
-    rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+    """A finite real number (not a bool) in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); the error reads e.g.
+    ``speed=-1 must be a finite number >= 0``."""
+    must = f"a finite number {_span(lo, hi, lo_open)}".rstrip()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidInputError(f"{name}={value!r} must be a number in {rng}{'; ' + fix if fix else ''}")
+        raise _fail(name, value, must, fix)
     v = float(value)
     bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
     if not np.isfinite(v) or bad_lo or (hi is not None and v > hi):
-        raise InvalidInputError(f"{name}={value!r} is outside {rng}{'; ' + fix if fix else ''}")
+        raise _fail(name, value, must, fix)
     return v
 
 
-def check_bool(value: object, name: str) -> bool:
+def check_bool(value: object, name: str, *, fix: str = "") -> bool:
     """A real bool (1 and "yes" are refused: a config that says ``True`` means it)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"{name}={value!r} must be True or False")
+        raise _fail(name, value, "True or False", fix)
     return bool(value)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from curmoe.common.checks import check_int
 from curmoe.common.errors import InvalidInputError
 
 __all__ = ["PerplexityResult", "perplexity", "perplexity_windows"]
@@ -85,14 +86,6 @@ class PerplexityResult:
                 f"{p.get('windows')} windows{trunc})")
 
 
-def _check_int(value: object, name: str, lo: int, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidInputError(f"{name}={value!r} must be an integer >= {lo}; {fix}")
-    if int(value) < lo:
-        raise InvalidInputError(f"{name}={value} must be >= {lo}; {fix}")
-    return int(value)
-
-
 def perplexity_windows(n_tokens: int, context: int, stride: int | None = None) -> list[tuple[int, int, int]]:
     """The evaluation windows of the protocol, as ``(start, stop, n_scored)``.
 
@@ -104,9 +97,9 @@ def perplexity_windows(n_tokens: int, context: int, stride: int | None = None) -
         context: the model's window length ``C >= 1``.
         stride: ``None`` for non-overlapping windows, else ``1 <= stride <= context``.
     """
-    n = _check_int(n_tokens, "n_tokens", 2, "a stream needs at least 2 tokens to score one")
-    C = _check_int(context, "context", 1, "pass the model's context length (max sequence length)")
-    s = C if stride is None else _check_int(stride, "stride", 1, f"pass 1 <= stride <= context={C}, or None")
+    n = check_int(n_tokens, "n_tokens", lo=2, fix="a stream needs at least 2 tokens to score one")
+    C = check_int(context, "context", lo=1, fix="pass the model's context length (max sequence length)")
+    s = C if stride is None else check_int(stride, "stride", lo=1, fix=f"pass 1 <= stride <= context={C}, or None")
     if s > C:
         raise InvalidInputError(
             f"stride={s} is larger than context={C}: tokens between windows would never be scored; "
@@ -203,12 +196,12 @@ def perplexity(
         raise InvalidInputError(f"token_ids has {total} token(s); at least 2 are needed to score one")
     if total and int(ids.min()) < 0:
         raise InvalidInputError(f"token_ids holds a negative id ({int(ids.min())}); ids must be >= 0")
-    n_words = _check_int(n_words, "n_words", 1, "pass the split's word count incl. one <eos> per line "
+    n_words = check_int(n_words, "n_words", lo=1, fix="pass the split's word count incl. one <eos> per line "
                                                "(WikiText2Split.n_words)")
-    batch_size = _check_int(batch_size, "batch_size", 1, "pass a positive number of windows per call")
+    batch_size = check_int(batch_size, "batch_size", lo=1, fix="pass a positive number of windows per call")
     n = total
     if max_tokens is not None:
-        max_tokens = _check_int(max_tokens, "max_tokens", 2, "pass None to score the whole stream")
+        max_tokens = check_int(max_tokens, "max_tokens", lo=2, fix="pass None to score the whole stream")
         n = min(total, max_tokens)
     truncated = n < total
     stream = ids[:n].astype(np.int64, copy=False)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from curmoe.common.checks import check_bool, check_finite, check_int, check_number
 from curmoe.common.errors import DecodingNotSupportedError, InvalidInputError
 from curmoe.routing._capacity import route_expert_choice, route_switch
 from curmoe.routing._fixed import route_hash, route_random
@@ -73,19 +74,13 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.kind not in ROUTER_KINDS:
             raise InvalidInputError(f"router kind={self.kind!r} is unknown; pass one of {', '.join(ROUTER_KINDS)}")
-        if not _is_int(self.top_k) or self.top_k < 1:
-            raise InvalidInputError(f"top_k={self.top_k!r} must be an integer >= 1 (experts per token)")
-        object.__setattr__(self, "top_k", 1 if self.kind == "switch" else int(self.top_k))
-        if not isinstance(self.normalize, (bool, np.bool_)):
-            raise InvalidInputError(f"normalize={self.normalize!r} must be True or False")
-        object.__setattr__(self, "normalize", bool(self.normalize))
+        top_k = check_int(self.top_k, "top_k", lo=1, fix="experts per token")
+        object.__setattr__(self, "top_k", 1 if self.kind == "switch" else top_k)
+        object.__setattr__(self, "normalize", check_bool(self.normalize, "normalize"))
         self._check_capacity()
         rs = self.routed_scaling
-        if isinstance(rs, bool) or not isinstance(rs, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(rs) and rs > 0
-        ):
-            raise InvalidInputError(f"routed_scaling={rs!r} must be a finite number > 0 (DeepSeek-V3 uses 2.5)")
-        object.__setattr__(self, "routed_scaling", float(rs))
+        object.__setattr__(self, "routed_scaling",
+                           check_number(rs, "routed_scaling", lo=0, lo_open=True, fix="DeepSeek-V3 uses 2.5"))
         if self.routed_scaling != 1.0 and self.kind != "sigmoid_bias":
             raise InvalidInputError(
                 f"routed_scaling={rs!r} applies only to kind='sigmoid_bias' (got kind={self.kind!r}); leave it at 1.0"
@@ -100,9 +95,7 @@ class RouterConfig:
                     f"decode_fallback={self.decode_fallback!r} applies only to kind='expert_choice' "
                     f"(got kind={self.kind!r}, which decodes causally); pass decode_fallback=None"
                 )
-        if not _is_int(self.seed) or not 0 <= self.seed < _MAX_SEED:
-            raise InvalidInputError(f"seed={self.seed!r} must be an integer in [0, 2**31)")
-        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", lo=0, hi=_MAX_SEED - 1))
 
     def _check_capacity(self) -> None:
         cf = self.capacity_factor
@@ -227,13 +220,8 @@ def _as_logits(logits: object) -> np.ndarray:
         z = z.astype(np.float64)
     elif z.dtype.kind != "f":
         raise InvalidInputError(f"router logits have dtype {z.dtype}; pass a float array")
-    bad = ~np.isfinite(z)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InvalidInputError(
-            f"router logits contain {int(bad.sum())} non-finite value(s) (NaN/Inf), first at (token, expert)="
-            f"{first}; check the router weights and the hidden states feeding the router"
-        )
+    check_finite(z, "router logits (tokens, experts)",
+                 fix="check the router weights and the hidden states feeding the router")
     return z
 
 
@@ -364,8 +352,5 @@ def update_bias(bias: np.ndarray, counts: np.ndarray, speed: float) -> np.ndarra
         raise InvalidInputError(f"bias and counts must both have shape (E,); got {b.shape} and {c.shape}")
     if not (np.isfinite(b).all() and np.isfinite(c).all()) or (c < 0).any():
         raise InvalidInputError("bias must be finite and counts finite and >= 0 (tokens per expert)")
-    if isinstance(speed, bool) or not isinstance(speed, (int, float, np.integer, np.floating)) or not (
-        math.isfinite(speed) and speed >= 0
-    ):
-        raise InvalidInputError(f"speed={speed!r} must be a finite number >= 0 (DeepSeek-V3 uses 0.001)")
-    return b + float(speed) * np.sign(c.mean() - c)
+    speed = check_number(speed, "speed", lo=0, fix="DeepSeek-V3 uses 0.001")
+    return b + speed * np.sign(c.mean() - c)

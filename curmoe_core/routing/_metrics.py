@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
+from curmoe.common.checks import check_int
 from curmoe.common.errors import InvalidInputError
 from curmoe.routing._gating import Routing
 
@@ -148,9 +149,7 @@ class LoadStats:
     """
 
     def __init__(self, n_experts: int) -> None:
-        if isinstance(n_experts, bool) or not isinstance(n_experts, (int, np.integer)) or n_experts < 1:
-            raise InvalidInputError(f"n_experts={n_experts!r} must be an integer >= 1")
-        self.n_experts = int(n_experts)
+        self.n_experts = check_int(n_experts, "n_experts", lo=1)
         self.counts = np.zeros(self.n_experts, dtype=np.int64)  # (E,) assignments
         self.prob_sum = np.zeros(self.n_experts, dtype=np.float64)  # (E,) sum_t probs[t, i]
         self.n_tokens = 0

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from curmoe.common.checks import check_bool, check_int
 from curmoe.common.errors import InvalidInputError
 
 __all__ = ["CoreMLExportConfig", "COREML_TARGETS"]
@@ -49,10 +50,8 @@ class CoreMLExportConfig:
             v = getattr(self, name)
             if v is None and name == "max_seq_len":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidInputError(f"{name}={v!r} must be an integer >= 1")
-        if not isinstance(self.routing_outputs, bool):
-            raise InvalidInputError(f"routing_outputs={self.routing_outputs!r} must be True or False")
+            object.__setattr__(self, name, check_int(v, name, lo=1))
+        object.__setattr__(self, "routing_outputs", check_bool(self.routing_outputs, "routing_outputs"))
         if self.minimum_deployment_target not in COREML_TARGETS:
             raise InvalidInputError(
                 f"minimum_deployment_target={self.minimum_deployment_target!r} is not supported; pass one of "

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from curmoe.common.checks import check_bool, check_int
 from curmoe.common.errors import InvalidInputError
 
 __all__ = ["OnnxExportConfig", "DEFAULT_OPSET", "MAX_OPSET", "EXTERNAL_DATA_BYTES"]
@@ -63,15 +64,12 @@ class OnnxExportConfig:
             raise InvalidInputError(f"dispatch={self.dispatch!r} is unknown; pass one of {_DISPATCH}")
         if self.dtype not in _DTYPES:
             raise InvalidInputError(f"dtype={self.dtype!r} is not exportable; pass one of {_DTYPES}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not DEFAULT_OPSET <= self.opset <= MAX_OPSET:
-            raise InvalidInputError(
-                f"opset={self.opset!r} is out of range; pass an integer {DEFAULT_OPSET} <= opset <= {MAX_OPSET}"
-            )
+        object.__setattr__(self, "opset", check_int(self.opset, "opset", lo=DEFAULT_OPSET, hi=MAX_OPSET))
         for name in ("fold_u", "with_cache", "fused_moe", "routing_outputs"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidInputError(f"{name}={getattr(self, name)!r} must be True or False")
-        if self.external_data is not None and not isinstance(self.external_data, bool):
-            raise InvalidInputError(f"external_data={self.external_data!r} must be None (by size), True or False")
+            object.__setattr__(self, name, check_bool(getattr(self, name), name))
+        if self.external_data is not None:
+            object.__setattr__(self, "external_data", check_bool(self.external_data, "external_data",
+                                                                     fix="or None to decide by size"))
         if self.fused_moe and self.dispatch != "sparse":
             raise InvalidInputError(
                 "fused_moe=True replaces the expert dispatch by com.microsoft.MoE; leave dispatch='sparse' (the default)"
