@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 from curmoe.compress import (
     CURConfig,
+    NeuronConfig,
     SVDConfig,
     calibrate,
     compress,
@@ -83,7 +84,7 @@ from curmoe.routing import (
 
 __all__ = [
     # one verb per package
-    "compress", "CURConfig", "SVDConfig", "calibrate", "register_compression",
+    "compress", "CURConfig", "SVDConfig", "NeuronConfig", "calibrate", "register_compression",
     # one matrix
     "cur", "svd", "CURResult", "SVDResult", "CalibStats", "rank_for_ratio", "n_params", "kept_columns", "kept_rows",
     "jaccard",

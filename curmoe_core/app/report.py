@@ -26,8 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from curmoe.app.results import atomic_write, read_results
+from curmoe.app.results import read_results
 from curmoe.common.errors import InvalidInputError
+from curmoe.common.io import atomic_write
 
 __all__ = ["report", "SOURCES", "README_BEGIN", "README_END"]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from curmoe.app.results import atomic_write
 from curmoe.common.errors import require
+from curmoe.common.io import atomic_write
 
 __all__ = ["compression_figure", "gating_figure", "runtime_figure", "profile_figure", "jaccard_figure",
            "ratio_figure"]

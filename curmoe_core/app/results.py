@@ -15,14 +15,13 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from curmoe.common.errors import InvalidInputError
+from curmoe.common.io import atomic_write, read_json
 
-__all__ = ["provenance", "write_results", "read_results", "atomic_write"]
+__all__ = ["provenance", "write_results", "read_results"]
 
 
 def _git(root: Path, *args: str) -> str:
@@ -66,23 +65,6 @@ def provenance(argv: list[str] | None = None, *, script: str | None = None) -> d
     }
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
-    """Create ``path`` whole or not at all: ``write(tmp)`` fills a temporary file in the same folder, which is then
-    renamed over ``path``; on any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_results(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write ``data`` (with a ``provenance`` and a ``rows`` key) as JSON, atomically."""
     if "provenance" not in data or "rows" not in data:
@@ -92,13 +74,8 @@ def write_results(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a results file written by :func:`write_results`, with a clear error when it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"no results at {path}; run the benchmark that writes it (see docs/results/README)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"{path} is not valid JSON ({e}); rerun the benchmark that writes it") from None
+    data = read_json(path, what="a benchmark's results file",
+                     fix="run the benchmark that writes it (see docs/results/README)", error=InvalidInputError)
     if not isinstance(data, dict) or "provenance" not in data or not isinstance(data.get("rows"), list):
         raise InvalidInputError(f"{path} lacks 'provenance' or a 'rows' list; rerun the benchmark that writes it")
     return data

@@ -1,17 +1,15 @@
 """curmoe.compress: one verb, ``compress(model, config)``, with a handler registered per config type.
 
-Owns: the compression configs (CUR, SVD/SVD-LLM, neuron CUR), calibration of a model's expert inputs, the
-global budget, healing. Imports :mod:`curmoe.decompose`, :mod:`curmoe.reference` and :mod:`curmoe.common`.
+Owns: the compression configs (``CURConfig``, ``SVDConfig`` incl. SVD-LLM, ``NeuronConfig``), calibration of a
+model's expert inputs (one pass or sequential), the global budget. Imports :mod:`curmoe.decompose`,
+:mod:`curmoe.reference` and :mod:`curmoe.common`. Healing (torch) lives in :mod:`curmoe.models`.
 """
 
 from __future__ import annotations
 
-from curmoe.compress._compress import (
-    CURConfig,
-    SVDConfig,
-    calibrate,
-    compress,
-    register_compression,
-)
+from curmoe.compress._calibration import Calibration, LayerCalibration, calibrate
+from curmoe.compress._compress import compress, register_compression
+from curmoe.compress._configs import ALLOCATIONS, NEURON_RULES, CURConfig, NeuronConfig, SVDConfig
 
-__all__ = ["compress", "CURConfig", "SVDConfig", "calibrate", "register_compression"]
+__all__ = ["compress", "CURConfig", "SVDConfig", "NeuronConfig", "calibrate", "Calibration", "LayerCalibration",
+           "register_compression", "ALLOCATIONS", "NEURON_RULES"]

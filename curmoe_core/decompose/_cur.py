@@ -257,6 +257,7 @@ def cur(
     n_power_iter: int = 1,
     rcond: float | None = None,
     errors: bool = True,
+    whiten: bool = False,
 ) -> CURResult:
     """CUR decomposition of W (m, n) = (out_features, in_features) with real columns and rows.
 
@@ -279,6 +280,11 @@ def cur(
         rcond: singular-value cut-off (relative to the largest) for the pseudo-inverses of C, R and the
             intersection; None uses ``max(shape) * eps(W.dtype)``.
         errors: compute ``weight_error`` / ``output_error`` (float64; the output error costs O(m n^2)).
+        whiten: with ``calib``, select on the whitened matrix ``W S`` (S S^T the damped input Gram, the SVD-LLM
+            whitening) instead of ``W diag(sqrt(E[x^2]))``: rows by the rule on the left singular vectors of W S;
+            columns by the rule on its right singular vectors taken back to W's input coordinates
+            (``W S = U diag(s) V^T`` gives ``W = U diag(s) (S^{-T} V)^T``: the basis is ``S^{-T} V``,
+            orthonormalised). C and R stay real columns and rows of W.
 
     Returns:
         CURResult with ``C == W[:, cols]`` and ``R == W[rows, :]`` exactly.
@@ -305,8 +311,16 @@ def cur(
         k = max(1, r - SEED_EXTRA) if selection == "seed" else r
     c = n_cols_for(r, m, n, oversample)
 
+    if whiten and calib is None:
+        raise InvalidInputError("whiten=True needs calib= (input statistics of W) to whiten with")
+    if whiten and selection == "seed":
+        raise InvalidInputError("whiten=True is not offered with the poster's 'seed' rule; use deim, qdeim or leverage")
     Ws = W
-    if calib is not None:
+    S = None
+    if calib is not None and whiten:
+        S = calib.whitening(damping)  # (n, n) lower, float64: S S^T = G_d
+        Ws = (W.astype(np.float64) @ S).astype(W.dtype)  # (m, n) @ (n, n)
+    elif calib is not None:
         Ws = W * np.sqrt(calib.second_moment).astype(W.dtype)  # (m, n) * (n,): column i scaled by RMS(x_i)
 
     if selection == "seed":
@@ -317,6 +331,9 @@ def cur(
     else:
         Ub, _, Vtb = truncated_svd(Ws, c, randomized=randomized, n_oversamples=n_oversamples,
                                    n_power_iter=n_power_iter, seed=seed)  # (m, c), (c,), (c, n)
+        if S is not None:  # right vectors back in W's input coordinates: V' = S^{-T} V (n, c), orthonormalised
+            Vw = scipy.linalg.solve_triangular(S, Vtb.T.astype(np.float64), lower=True, trans="T", check_finite=False)
+            Vtb = np.linalg.qr(Vw)[0].T.astype(Vtb.dtype)  # (c, n)
         pick = {"deim": deim_indices, "qdeim": qdeim_indices}.get(selection)
         if pick is not None:
             rows, cols = pick(Ub[:, :r]), pick(Vtb.T)

@@ -65,8 +65,9 @@ def _read_tensors(f: Path) -> dict[str, np.ndarray]:
 
 
 def read_checkpoint(path: str | Path, *, dtype: np.dtype | None = None
-                    ) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Linear], Path | None]:
-    """Read a model directory, checking every tensor against the config: (config, tensors, experts, tokenizer).
+                    ) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Linear], Path | None, np.dtype]:
+    """Read a model directory, checking every tensor against the config:
+    (config, tensors, experts, tokenizer, the float dtype stored in the file).
 
     ``dtype`` casts floats (e.g. float64); without it float16 files compute in float32."""
     path = Path(path)
@@ -121,12 +122,13 @@ def read_checkpoint(path: str | Path, *, dtype: np.dtype | None = None
             lin = CURLinear(g("C"), None if spec.get("folded") else g("U"), g("R"), g("rows"), g("cols"))
         experts[key] = lin
     tok = path / TOKENIZER_FILE
-    return config, tensors, experts, (tok if tok.is_file() else None)
+    return config, tensors, experts, (tok if tok.is_file() else None), raw["embed.weight"].dtype
 
 
 def write_checkpoint(path: str | Path, config: ModelConfig, tensors: dict[str, np.ndarray],
-                     experts: dict[str, Linear], tokenizer: Path | None) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer.json) to directory ``path`` atomically; returns it."""
+                     experts: dict[str, Linear], tokenizer: Path | None, *, dtype: np.dtype | None = None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer.json) to directory ``path`` atomically; returns it.
+    ``dtype``: the float dtype to store (index vectors stay int64)."""
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -138,7 +140,8 @@ def write_checkpoint(path: str | Path, config: ModelConfig, tensors: dict[str, n
     if set(flat) != set(want):
         diff = sorted(set(flat) ^ set(want))
         raise InvalidInputError(f"model tensors do not match its config (first difference: {diff[0]!r}); fix config.factors")
-    flat = {k: np.ascontiguousarray(v) for k, v in flat.items()}
+    cast = (lambda a: a.astype(dtype, copy=False) if dtype is not None and a.dtype.kind == "f" else a)  # noqa: E731
+    flat = {k: np.ascontiguousarray(cast(v)) for k, v in flat.items()}
     with atomic_dir(path) as tmp:
         save_file(flat, str(tmp / WEIGHTS_FILE), metadata={"format": "curmoe", "config_version": str(config.version)})
         (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")

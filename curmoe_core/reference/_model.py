@@ -47,6 +47,8 @@ class Model:
         experts: every expert matrix by key "layers.{l}.experts.{e}.{gate|up|down}" (shared experts:
             "layers.{l}.shared.{s}.{name}") as a dense, CUR or SVD linear map.
         tokenizer_path: a tokenizer.json that belongs to the model, if any (copied on save).
+        storage_dtype: the float dtype ``save`` writes (default: the compute dtype). A float16 checkpoint computes
+            in float32 but is saved as float16 again, compressed or not, so compression never grows a file.
     """
 
     def __init__(
@@ -55,9 +57,11 @@ class Model:
         tensors: dict[str, np.ndarray],
         experts: dict[str, Linear],
         tokenizer_path: Path | None = None,
+        storage_dtype: np.dtype | None = None,
     ) -> None:
         self.config = config
         self.tensors = tensors
+        self.storage_dtype = np.dtype(storage_dtype) if storage_dtype is not None else None
         self.experts = experts
         self.tokenizer_path = tokenizer_path
 
@@ -92,7 +96,7 @@ class Model:
         """A copy computing in ``dtype`` (e.g. np.float64 for the oracle). Index vectors stay int64."""
         t = {k: v.astype(dtype) for k, v in self.tensors.items()}
         e = {k: v.astype(dtype) for k, v in self.experts.items()}
-        return Model(self.config, t, e, self.tokenizer_path)
+        return Model(self.config, t, e, self.tokenizer_path, self.storage_dtype)
 
     # Parameter accounting -----------------------------------------------------------------------------------
     def n_expert_params(self, shared: bool = False) -> int:
@@ -233,7 +237,8 @@ class Model:
 
     def save(self, path: str | Path) -> Path:
         """Write config.json + model.safetensors (+ tokenizer.json) atomically into directory ``path``."""
-        path = write_checkpoint(path, self.config, self.tensors, self.experts, self.tokenizer_path)
+        path = write_checkpoint(path, self.config, self.tensors, self.experts, self.tokenizer_path,
+                                dtype=self.storage_dtype if self.storage_dtype is not None else self.dtype)
         if self.tokenizer_path is not None:
             self.tokenizer_path = Path(path) / TOKENIZER_FILE
         return path

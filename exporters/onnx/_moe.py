@@ -85,10 +85,17 @@ def _fused(g: GraphBuilder, x: str, z: str, cfg: ModelConfig, l: int, experts: d
     alpha = 1, beta = 0 and no clamp is silu(gate x) * up x.
     """
     moe, E = cfg.moe, cfg.moe.n_experts
-    gate = np.stack([experts[expert_key(l, e, "gate")].dense() for e in range(E)])  # (E, f, d)
-    up = np.stack([experts[expert_key(l, e, "up")].dense() for e in range(E)])
-    down = np.stack([experts[expert_key(l, e, "down")].dense() for e in range(E)])  # (E, d, f)
-    fc1 = np.stack([gate, up], axis=2).reshape(E, 2 * moe.d_ff, cfg.d_model)  # interleaved rows
+    # Neuron-CUR experts keep f_e <= d_ff neurons each: zero-pad them to the largest f, which is exact
+    # (a zero gate row and zero up row give silu(0) * 0 = 0, times a zero column of down).
+    f = max(experts[expert_key(l, e, "down")].shape[1] for e in range(E))
+
+    def padded(name: str, axis: int) -> np.ndarray:
+        mats = [experts[expert_key(l, e, name)].dense() for e in range(E)]
+        return np.stack([np.pad(m, [(0, f - m.shape[axis]) if a == axis else (0, 0) for a in range(2)]) for m in mats])
+
+    gate, up = padded("gate", 0), padded("up", 0)  # (E, f, d)
+    down = padded("down", 1)  # (E, d, f)
+    fc1 = np.stack([gate, up], axis=2).reshape(E, 2 * f, cfg.d_model)  # interleaved rows
     fc1 = g.weight(f"layers.{l}.experts.fc1_interleaved", fc1)
     fc2 = g.weight(f"layers.{l}.experts.fc2", down)
     return g.op("MoE", [x, g.to_act(z), fc1, "", fc2], f"layers.{l}.fused_moe", domain="com.microsoft",
@@ -103,8 +110,8 @@ def fused_applies(cfg: ModelConfig) -> str | None:
         return f"router kind={moe.router.kind!r} (com.microsoft.MoE only does softmax top-k routing)"
     if moe.activation != "swiglu":
         return f"activation={moe.activation!r} (only SwiGLU experts are fused)"
-    if any(".experts." in k for k in cfg.factors):
-        return "the experts are factorised (com.microsoft.MoE takes dense expert matrices)"
+    if any(".experts." in k and spec["kind"] != "neuron" for k, spec in cfg.factors.items()):
+        return "the experts are factorised (com.microsoft.MoE takes dense expert matrices; neuron-CUR experts are)"
     return None
 
 
