@@ -140,7 +140,7 @@ def test_readme_block_is_replaced_and_the_rest_kept(data_dir: Path, tmp_path: Pa
 
 
 def test_bad_results_files_give_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(curmoe.InvalidInputError, match="no results at"):
+    with pytest.raises(curmoe.InvalidInputError, match="nope.json' is missing: a benchmark's results file"):
         read_results(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"provenance": {"command": "x"}, "rows": [1, 2')  # truncated

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from curmoe.common.errors import CheckpointError, InvalidInputError, require
+from curmoe.common.io import read_json
 from curmoe.models.hf._config import (
     SUPPORTED_ARCHITECTURES,
     check_model_type,
@@ -103,14 +104,11 @@ def _from_dir(path: Path, dt: np.dtype) -> Model:
             f"{str(path)!r} is not a local directory; download the model first (e.g. `hf download REPO "
             f"--local-dir DIR`) and pass DIR, or pass a loaded transformers model"
         )
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{str(cfg_file)!r} is missing; a Hugging Face model directory holds config.json")
-    try:
-        raw_cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{str(cfg_file)!r} is not valid JSON ({e})") from e
-    check_model_type(raw_cfg.get("model_type"))  # before transformers, which rejects unknown types less clearly
+    raw_cfg = read_json(path / "config.json", what="the Hugging Face model's config",
+                        fix="a Hugging Face model directory holds config.json (re-save it with save_pretrained)",
+                        error=CheckpointError)
+    # before transformers, which rejects unknown types less clearly
+    check_model_type(raw_cfg.get("model_type") if isinstance(raw_cfg, dict) else None)
     transformers = require("transformers", "hf")
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     config = to_model_config(hf_cfg)
@@ -127,10 +125,11 @@ class _SafetensorsDir:
         self.dt = dt
         index = path / _INDEX
         if index.is_file():
-            try:
-                wmap = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{str(index)!r} is not a valid safetensors index ({e})") from e
+            wmap = read_json(index, what="the safetensors index", fix="re-save the model with save_pretrained",
+                             error=CheckpointError)
+            if not isinstance(wmap, dict) or not isinstance(wmap.get("weight_map"), dict):
+                raise CheckpointError(f"{str(index)!r} is not a valid safetensors index (no 'weight_map' mapping)")
+            wmap = wmap["weight_map"]
             self.files = {n: path / f for n, f in wmap.items()}
         elif (path / _SINGLE).is_file():
             self.files = {n: path / _SINGLE for n in _header(path / _SINGLE)[0]}

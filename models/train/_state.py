@@ -10,9 +10,6 @@ interruption leaves either the previous state or the new one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from curmoe.common.errors import CheckpointError
+from curmoe.common.io import atomic_dir, read_json
 
 __all__ = ["STATE_DIR", "save_state", "load_state"]
 
@@ -42,21 +40,9 @@ def save_state(out: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: di
                 tensors[f"optim.{names[id(p)]}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     dest = out / STATE_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".state.", suffix=".tmp", dir=out))
-    try:
+    with atomic_dir(dest) as tmp:
         save_file(tensors, str(tmp / _TENSORS), metadata={"format": FORMAT})
         (tmp / _META).write_text(json.dumps({"format": FORMAT, "version": VERSION} | meta, indent=2) + "\n")
-        old = None
-        if dest.exists():
-            old = out / f".state.old-{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -65,12 +51,11 @@ def read_meta(out: Path) -> dict[str, Any]:
     f = out / STATE_DIR / _META
     if not f.is_file():
         raise CheckpointError(f"no training state to resume in {out} ({f} is missing); run without --resume first")
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f} is not valid JSON ({e}); the state is corrupt: start a new run") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{f} is not a curmoe training state (format={meta.get('format')!r})")
+    meta = read_json(f, what="the training state's options and progress", fix="start a new run (without --resume)",
+                     error=CheckpointError)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{f} is not a curmoe training state (format={got!r})")
     return meta
 
 
