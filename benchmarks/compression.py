@@ -1,7 +1,10 @@
-"""Compression quality on the shipped model: WikiText-2 perplexity of every method at several ratios (issue 7, part 1).
+"""Compression quality on the shipped model: WikiText-2 perplexity of every method at several ratios.
 
-Methods: CUR `seed` (the poster's: full-SVD leverage sampling, U = pinv of the intersection), CUR `leverage`,
-CUR `deim`, CUR `deim` activation-aware, SVD, SVD-LLM (activation-aware). Calibration: the first
+Methods (``METHODS``): neuron CUR (``cur-neuron``: keep real expert neurons, refit W_down), uniform or with one
+global budget (``global``), one-pass or sequential calibration (``seq``); SVD-LLM the same ways; per-matrix CUR
+(DEIM on the column-scaled matrix, and on the whitened matrix); and the older rows: plain CUR (deim, leverage,
+the poster's ``seed``) and plain SVD. A ``+heal`` suffix heals the compressed model (``curmoe.models.heal``: only
+the non-interpretable small parts, KL to the dense model on held-out calibration text). Calibration: the first
 ``--calib-tokens`` tokens of WikiText-2 train. Perplexity on valid and test through ONNX Runtime CPU (validated
 against the reference by tests/test_runtime_*), plus greedy continuations of fixed prompts, because a compressed
 model can keep a fair perplexity and still write broken text. The ratio is counted as the share of expert
@@ -17,6 +20,7 @@ The results file (``--out``, read by ``curmoe report``) is rewritten after every
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -34,13 +38,22 @@ from curmoe.runtimes.evaluate import evaluate_wikitext2
 from curmoe.runtimes.generate import generate
 
 METHODS = {
+    "cur-neuron global": lambda r: curmoe.NeuronConfig(ratio=r, allocation="global"),
+    "svd-llm": lambda r: curmoe.SVDConfig(ratio=r, activation_aware=True),
+    "svd-llm global": lambda r: curmoe.SVDConfig(ratio=r, activation_aware=True, allocation="global"),
+    "cur-neuron": lambda r: curmoe.NeuronConfig(ratio=r),
+    "cur-neuron global seq": lambda r: curmoe.NeuronConfig(ratio=r, allocation="global", sequential=True),
+    "svd-llm seq": lambda r: curmoe.SVDConfig(ratio=r, activation_aware=True, sequential=True),
+    "cur-deim aware": lambda r: curmoe.CURConfig(ratio=r, selection="deim", activation_aware=True),
+    "cur-deim whitened": lambda r: curmoe.CURConfig(ratio=r, selection="deim", activation_aware=True, whiten=True),
     "cur-seed (poster)": lambda r: curmoe.CURConfig(ratio=r, selection="seed", u="intersection", randomized=False),
     "cur-leverage": lambda r: curmoe.CURConfig(ratio=r, selection="leverage"),
     "cur-deim": lambda r: curmoe.CURConfig(ratio=r, selection="deim"),
-    "cur-deim aware": lambda r: curmoe.CURConfig(ratio=r, selection="deim", activation_aware=True),
     "svd": lambda r: curmoe.SVDConfig(ratio=r),
-    "svd-llm": lambda r: curmoe.SVDConfig(ratio=r, activation_aware=True),
 }
+HEAL = " +heal"  # suffix: heal the compressed model (rows kept apart from the one-shot rows)
+DEFAULT_METHODS = ("cur-neuron global", "svd-llm", "svd-llm global", "cur-neuron", "cur-neuron global seq",
+                   "svd-llm seq", "cur-deim aware", "cur-deim whitened")
 # WikiText-2 style prompts (its tokenisation: " , " and " @-@ "); the continuations are greedy.
 PROMPTS = ("The game was released in", "In the early 19th century , the city", "The album received")
 SAMPLE_TOKENS = 24
@@ -51,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--splits", default="valid,test")
     p.add_argument("--ratios", default="0.3,0.5,0.7,0.8")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated, from {', '.join(METHODS)}; append '{HEAL}' to heal")
     p.add_argument("--calib-tokens", type=int, default=16384)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--data-dir", default=None)
@@ -70,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                "prompts": list(PROMPTS), "sample_tokens": SAMPLE_TOKENS, "rows": []}
 
     def evaluate(m: curmoe.Model, name: str) -> dict:
+        ckpt = m.save(tmp / f"{name}-ckpt")  # bytes on disk, in the source model's dtype
+        disk = (ckpt / "model.safetensors").stat().st_size
+        shutil.rmtree(ckpt)
         path = export(m, OnnxExportConfig(), tmp / f"{name}.onnx")
         sess = load(path, "onnxruntime:cpu", threads=args.threads)
-        row: dict = {}
+        row: dict = {"bytes_on_disk": disk}
         for split in splits:
             t0 = time.perf_counter()
             r = evaluate_wikitext2(sess, model.tokenizer_path, split=split, data_dir=args.data_dir)
@@ -96,17 +113,33 @@ def main(argv: list[str] | None = None) -> int:
     dense = {"method": "dense", "ratio_target": 0.0, "ratio_expert_params": 0.0, "ratio_all_params": 0.0,
              "mean_output_error": 0.0, "compress_s": 0.0} | evaluate(model, "dense")
     save(dense)
+    names = args.methods.split(",")
+    unknown = [n for n in names if n.removesuffix(HEAL) not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)} (optionally with '{HEAL}')")
     for ratio in (float(x) for x in args.ratios.split(",")):
-        for name in args.methods.split(","):
+        for name in names:
+            base = name.removesuffix(HEAL)
             t0 = time.perf_counter()
-            small = curmoe.compress(model, METHODS[name](ratio), calib_ids=calib, progress=False)
+            small = curmoe.compress(model, METHODS[base](ratio), calib_ids=calib, progress=False)
             dt = time.perf_counter() - t0
             rec = small.config.compression
-            oe = [m["output_error"] for m in rec["matrices"].values() if m["output_error"] is not None]
+            oe = [m["output_error"] for m in rec["matrices"].values() if m.get("output_error") is not None]
             row = {"method": name, "ratio_target": ratio, "ratio_expert_params": rec["ratio_expert_params"],
                    "ratio_all_params": rec["ratio_all_params"], "mean_output_error": float(np.mean(oe)),
-                   "compress_s": round(dt, 2)} | evaluate(small, f"{name}-{ratio}")
-            save(row)
+                   "compress_s": round(dt, 2), "calibration": rec["calibration"]}
+            if name.endswith(HEAL):
+                from curmoe.models import heal
+
+                t1 = time.perf_counter()
+                small, report = heal(small, model, calib)
+                row |= {"heal_s": round(time.perf_counter() - t1, 2), "heal": report.as_dict()}
+            save(row | evaluate(small, f"{name}-{ratio}"))
+    by = {(r["method"], r["ratio_target"]): r["compress_s"] for r in results["rows"]}
+    for ratio in (float(x) for x in args.ratios.split(",")):
+        if ("cur-neuron global", ratio) in by and ("svd-llm", ratio) in by:
+            print(f"compress time cur-neuron global / svd-llm @ {ratio}: "
+                  f"{by[('cur-neuron global', ratio)] / by[('svd-llm', ratio)]:.2f}x")
     return 0
 
 
