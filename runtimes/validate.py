@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from curmoe.common.errors import InvalidInputError, require
+from curmoe.eval import token_nll
 from curmoe.exporters.onnx import with_routing_outputs
 from curmoe.reference import Model
 from curmoe.reference.names import routing_logits, routing_selected
@@ -141,10 +142,8 @@ class _Tally:
 
 
 def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
-    z = logits[:-1].astype(np.float64)
-    m = z.max(axis=-1, keepdims=True)
-    lse = (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[:, 0]
-    return float(np.mean(lse - z[np.arange(len(z)), ids[1:]]))
+    """Mean NLL of ``ids[1:]`` under ``logits (T, V)`` (row t predicts the token after ids[t])."""
+    return float(np.mean(token_nll(logits[:-1], ids[1:])))
 
 
 def validate(

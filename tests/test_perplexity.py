@@ -11,12 +11,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curmoe import InvalidInputError, perplexity, perplexity_windows
+from curmoe.eval import token_nll
 
 
 def uniform(V: int):
     def fn(ids: np.ndarray) -> np.ndarray:
         return np.zeros((*ids.shape, V), dtype=np.float32)
     return fn
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T", [1, 5, 40])  # below, at and above the 16-row chunk
+def test_token_nll_is_float64_log_softmax(dtype, T: int) -> None:
+    rng = np.random.default_rng(T)
+    z = (rng.standard_normal((T, 11)) * 30).astype(dtype)  # large logits: a naive exp would overflow in float32
+    t = rng.integers(0, 11, size=T)
+    z64 = z.astype(np.float64)
+    expected = np.array([math.log(sum(math.exp(v - z64[i].max()) for v in z64[i])) + z64[i].max() - z64[i, t[i]]
+                         for i in range(T)])
+    got = token_nll(z, t)
+    assert got.dtype == np.float64 and got.shape == (T,)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def position_model(V: int, c: np.ndarray):

@@ -13,7 +13,7 @@ from curmoe.eval._data import (
            load_wikitext2,
            wikitext2_vocab,
 )
-from curmoe.eval._perplexity import PerplexityResult, perplexity, perplexity_windows
+from curmoe.eval._perplexity import PerplexityResult, perplexity, perplexity_windows, token_nll
 
 __all__ = ["DataNotFoundError", "WikiText2Split", "EOS", "data_dir", "load_wikitext2", "wikitext2_vocab",
-           "PerplexityResult", "perplexity", "perplexity_windows"]
+           "PerplexityResult", "perplexity", "perplexity_windows", "token_nll"]

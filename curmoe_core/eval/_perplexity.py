@@ -35,7 +35,7 @@ import numpy as np
 from curmoe.common.checks import check_int
 from curmoe.common.errors import InvalidInputError
 
-__all__ = ["PerplexityResult", "perplexity", "perplexity_windows"]
+__all__ = ["PerplexityResult", "perplexity", "perplexity_windows", "token_nll"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +117,12 @@ def perplexity_windows(n_tokens: int, context: int, stride: int | None = None) -
     return out
 
 
-def _window_nll(logits: np.ndarray, targets: np.ndarray, chunk: int = 16) -> np.ndarray:
+def token_nll(logits: np.ndarray, targets: np.ndarray, chunk: int = 16) -> np.ndarray:
     """Per-position NLL in float64: ``logsumexp(z) - z[target]`` for ``logits (T, V)`` and ``targets (T,)``.
 
-    Rows go through a float64 buffer ``chunk`` rows at a time (cache-sized: about 3x faster than whole-window
-    temporaries at V = 8192, with identical results).
+    The one log-softmax of curmoe: :func:`perplexity` and runtime validation both score tokens with it. Non-finite
+    logits give non-finite NLLs (no warning); the caller reports them. Rows go through a float64 buffer ``chunk``
+    rows at a time (cache-sized: about 3x faster than whole-window temporaries at V = 8192, with identical results).
     """
     T, V = logits.shape
     out = np.empty(T, dtype=np.float64)
@@ -242,7 +243,7 @@ def perplexity(
                         f"token id {int(targets.max())} in window {w} is outside the model's vocabulary of {V} "
                         "logits; encode the text with the model's own tokenizer"
                     )
-                nll = _window_nll(logits[row, T - k:], targets[T - k:])  # (k,)
+                nll = token_nll(logits[row, T - k:], targets[T - k:])  # (k,)
                 bad = ~np.isfinite(nll)
                 if bad.any():
                     first = int(np.argmax(bad))
