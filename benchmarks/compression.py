@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = args.model or shipped_model_dir()
     model = curmoe.load(model_dir)
-    tok = load_tokenizer(model.tokenizer_path)
+    tok_path = Path(model.tokenizer_path)  # saving a model re-points its tokenizer_path at the copy
+    tok = load_tokenizer(tok_path)
     calib = calibration_ids("wikitext2:train", model, data_dir=args.data_dir, n_tokens=args.calib_tokens)
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-compression-"))
     splits = args.splits.split(",")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"bytes_on_disk": disk}
         for split in splits:
             t0 = time.perf_counter()
-            r = evaluate_wikitext2(sess, model.tokenizer_path, split=split, data_dir=args.data_dir)
+            r = evaluate_wikitext2(sess, tok_path, split=split, data_dir=args.data_dir)
             row[split] = {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "tokens": r.tokens,
                           "eval_s": round(time.perf_counter() - t0, 1)}
         row["samples"] = []
