@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +148,118 @@ def _safe_exp(x: float) -> float:
         return math.inf
 
 
+def _as_stream(token_ids: np.ndarray) -> np.ndarray:
+    """The split as a 1-D array of >= 2 non-negative integer ids, or a clear error."""
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InvalidInputError(
+            f"token_ids must be a 1-D integer array (the split as one stream), got shape {ids.shape} dtype "
+            f"{ids.dtype}; flatten/encode the split first"
+        )
+    total = int(ids.shape[0])
+    if total < 2:
+        raise InvalidInputError(f"token_ids has {total} token(s); at least 2 are needed to score one")
+    if int(ids.min()) < 0:
+        raise InvalidInputError(f"token_ids holds a negative id ({int(ids.min())}); ids must be >= 0")
+    return ids
+
+
+def _batches(windows: list[tuple[int, int, int]], batch_size: int) -> list[list[int]]:
+    """Consecutive windows of equal length grouped into batches of at most ``batch_size`` (window indices); all
+    windows are ``context`` long except possibly the last."""
+    batches: list[list[int]] = []
+    for w, (a, b, _) in enumerate(windows):
+        first = windows[batches[-1][0]] if batches else None
+        if first is not None and len(batches[-1]) < batch_size and first[1] - first[0] == b - a:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+    return batches
+
+
+def _score_batch(logits_fn: LogitsFn, stream: np.ndarray, windows: list[tuple[int, int, int]],
+                 group: list[int]) -> np.ndarray:
+    """Run one batch of equal-length windows through ``logits_fn``; the summed NLL of each window's scored
+    targets, (len(group),) float64. Wrong logits, out-of-vocabulary targets and non-finite losses raise."""
+    a0, b0, _ = windows[group[0]]
+    T = b0 - a0
+    inputs = np.stack([stream[windows[w][0]:windows[w][1]] for w in group])  # (B, T)
+    logits = np.asarray(logits_fn(inputs))
+    if logits.ndim != 3 or logits.shape[:2] != inputs.shape or logits.dtype.kind != "f":
+        raise InvalidInputError(
+            f"logits_fn returned shape {logits.shape} dtype {logits.dtype} for input_ids of shape "
+            f"{inputs.shape}; it must return float logits of shape (B, T, V) = ({inputs.shape[0]}, {T}, V)"
+        )
+    V = logits.shape[2]
+    sums = np.empty(len(group), dtype=np.float64)
+    for row, w in enumerate(group):
+        a, b, k = windows[w]
+        targets = stream[a + 1:b + 1]  # (T,)
+        if int(targets.max()) >= V:
+            raise InvalidInputError(
+                f"token id {int(targets.max())} in window {w} is outside the model's vocabulary of {V} "
+                "logits; encode the text with the model's own tokenizer"
+            )
+        nll = token_nll(logits[row, T - k:], targets[T - k:])  # (k,)
+        bad = ~np.isfinite(nll)
+        if bad.any():
+            first = int(np.argmax(bad))
+            pos = b - k + 1 + first
+            raise InvalidInputError(
+                f"non-finite loss in window {w} (inputs x[{a}:{b}]): {int(bad.sum())} scored token(s) have "
+                f"NaN/Inf NLL, first at stream position {pos} (token id {int(stream[pos])}); the model "
+                "produced NaN/Inf logits there (overflow, a bad weight or a runtime bug)"
+            )
+        sums[row] = float(np.sum(nll))
+    return sums
+
+
+@contextmanager
+def _progress(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int], object]]:
+    """``advance(n)`` moves a tqdm bar (closed on exit) when ``enabled``, else does nothing."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="win")
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def _result(nll_total: float, n: int, total: int, n_words: int, n_windows: int,
+            protocol: dict[str, Any]) -> PerplexityResult:
+    """The result of scoring the first ``n`` of ``total`` tokens, with the full protocol record."""
+    tokens = n - 1
+    words_scored = n_words * tokens / total
+    truncated = n < total
+    stride = protocol["stride"]
+    return PerplexityResult(
+        ppl_token=_safe_exp(nll_total / tokens),
+        ppl_word=_safe_exp(nll_total / words_scored),
+        nll_total=nll_total,
+        tokens=tokens,
+        n_words=n_words,
+        n_words_scored=words_scored,
+        protocol=protocol | {
+            "mode": "non-overlapping" if stride is None else "sliding-window",
+            "windows": n_windows,
+            "tokens_in_stream": total,
+            "tokens_evaluated": n,
+            "tokens_scored": tokens,
+            "first_token_scored": False,
+            "truncated": truncated,
+            "n_words": n_words,
+            "n_words_scored": words_scored,
+            "word_count_rule": "n_words_scored = n_words * tokens_scored / tokens_in_stream"
+            + (f" (stream truncated to its first {n} of {total} tokens by max_tokens)" if truncated else ""),
+            "log_softmax": "float64",
+        },
+    )
+
+
 def perplexity(
     logits_fn: LogitsFn,
     token_ids: np.ndarray,
@@ -186,108 +299,24 @@ def perplexity(
         InvalidInputError: bad arguments, logits of the wrong shape, a token id outside the vocabulary, or a
             non-finite loss (the window index and stream positions are named).
     """
-    ids = np.asarray(token_ids)
-    if ids.ndim != 1 or ids.dtype.kind not in "iu":
-        raise InvalidInputError(
-            f"token_ids must be a 1-D integer array (the split as one stream), got shape {ids.shape} dtype "
-            f"{ids.dtype}; flatten/encode the split first"
-        )
+    ids = _as_stream(token_ids)
     total = int(ids.shape[0])
-    if total < 2:
-        raise InvalidInputError(f"token_ids has {total} token(s); at least 2 are needed to score one")
-    if total and int(ids.min()) < 0:
-        raise InvalidInputError(f"token_ids holds a negative id ({int(ids.min())}); ids must be >= 0")
     n_words = check_int(n_words, "n_words", lo=1, fix="pass the split's word count incl. one <eos> per line "
-                                               "(WikiText2Split.n_words)")
+                                                      "(WikiText2Split.n_words)")
     batch_size = check_int(batch_size, "batch_size", lo=1, fix="pass a positive number of windows per call")
     n = total
     if max_tokens is not None:
         max_tokens = check_int(max_tokens, "max_tokens", lo=2, fix="pass None to score the whole stream")
         n = min(total, max_tokens)
-    truncated = n < total
     stream = ids[:n].astype(np.int64, copy=False)
     windows = perplexity_windows(n, context, stride)
-
-    # Group consecutive windows of equal length into batches (all are `context` long except possibly the last).
-    batches: list[list[int]] = []
-    for w, (a, b, _) in enumerate(windows):
-        if batches and len(batches[-1]) < batch_size and (windows[batches[-1][0]][1] - windows[batches[-1][0]][0]
-                                                          == b - a):
-            batches[-1].append(w)
-        else:
-            batches.append([w])
-
     nll_per_window = np.zeros(len(windows), dtype=np.float64)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(windows), desc=f"perplexity {split}", unit="win")
-    try:
-        for group in batches:
-            a0, b0, _ = windows[group[0]]
-            T = b0 - a0
-            inputs = np.stack([stream[windows[w][0]:windows[w][1]] for w in group])  # (B, T)
-            logits = np.asarray(logits_fn(inputs))
-            if logits.ndim != 3 or logits.shape[:2] != inputs.shape or logits.dtype.kind != "f":
-                raise InvalidInputError(
-                    f"logits_fn returned shape {logits.shape} dtype {logits.dtype} for input_ids of shape "
-                    f"{inputs.shape}; it must return float logits of shape (B, T, V) = ({inputs.shape[0]}, {T}, V)"
-                )
-            V = logits.shape[2]
-            for row, w in enumerate(group):
-                a, b, k = windows[w]
-                targets = stream[a + 1:b + 1]  # (T,)
-                if int(targets.max()) >= V:
-                    raise InvalidInputError(
-                        f"token id {int(targets.max())} in window {w} is outside the model's vocabulary of {V} "
-                        "logits; encode the text with the model's own tokenizer"
-                    )
-                nll = token_nll(logits[row, T - k:], targets[T - k:])  # (k,)
-                bad = ~np.isfinite(nll)
-                if bad.any():
-                    first = int(np.argmax(bad))
-                    pos = b - k + 1 + first
-                    raise InvalidInputError(
-                        f"non-finite loss in window {w} (inputs x[{a}:{b}]): {int(bad.sum())} scored token(s) have "
-                        f"NaN/Inf NLL, first at stream position {pos} (token id {int(stream[pos])}); the model "
-                        "produced NaN/Inf logits there (overflow, a bad weight or a runtime bug)"
-                    )
-                nll_per_window[w] = float(np.sum(nll))
-            if bar is not None:
-                bar.update(len(group))
-    finally:
-        if bar is not None:
-            bar.close()
-
-    nll_total = float(np.sum(nll_per_window))
-    tokens = n - 1
-    words_scored = n_words * tokens / total
-    result = PerplexityResult(
-        ppl_token=_safe_exp(nll_total / tokens),
-        ppl_word=_safe_exp(nll_total / words_scored),
-        nll_total=nll_total,
-        tokens=tokens,
-        n_words=n_words,
-        n_words_scored=words_scored,
-        protocol={
-            "split": split,
-            "joined": joined,
-            "context": int(context),
-            "stride": None if stride is None else int(stride),
-            "mode": "non-overlapping" if stride is None else "sliding-window",
-            "windows": len(windows),
-            "tokens_in_stream": total,
-            "tokens_evaluated": n,
-            "tokens_scored": tokens,
-            "first_token_scored": False,
-            "truncated": truncated,
-            "n_words": n_words,
-            "n_words_scored": words_scored,
-            "word_count_rule": "n_words_scored = n_words * tokens_scored / tokens_in_stream"
-            + (f" (stream truncated to its first {n} of {total} tokens by max_tokens)" if truncated else ""),
-            "log_softmax": "float64",
-        },
-    )
+    with _progress(len(windows), f"perplexity {split}", progress) as advance:
+        for group in _batches(windows, batch_size):
+            nll_per_window[group] = _score_batch(logits_fn, stream, windows, group)
+            advance(len(group))
+    result = _result(float(np.sum(nll_per_window)), n, total, n_words, len(windows),
+                     {"split": split, "joined": joined, "context": int(context),
+                      "stride": None if stride is None else int(stride)})
     logger.info("%s", result.summary())
     return result
