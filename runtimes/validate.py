@@ -44,7 +44,7 @@ from curmoe.routing import RouterConfig, route
 from curmoe.runtimes._registry import load
 from curmoe.runtimes.base import Session
 from curmoe.runtimes.generate import cache_layout, empty_cache
-from curmoe.runtimes.tolerances import tolerance_for
+from curmoe.runtimes.tolerances import Tolerance, tolerance_for
 
 __all__ = ["ValidationReport", "validate"]
 
@@ -190,20 +190,32 @@ def validate(
     del proto
     try:
         sess = load(aug or path, runtime, **session_options)
-        report = _run_cases(sess, model, runtime, path, dtype, tol, prompt_lengths, batch_lengths, decode_steps,
-                            sample_ids, seed)
+        cases = _Cases(tuple(prompt_lengths), tuple(batch_lengths), decode_steps, sample_ids, seed)
+        report = _run_cases(sess, model, cases, runtime=runtime, path=path, dtype=dtype, tol=tol)
     finally:
         if aug is not None:
             aug.unlink(missing_ok=True)
     return report
 
 
-def _run_cases(sess: Session, model: Model, runtime: str, path: Path, dtype: str, tol: Any,
-               prompt_lengths: tuple[int, ...], batch_lengths: tuple[int, ...], decode_steps: int,
-               sample_ids: np.ndarray | None, seed: int) -> ValidationReport:
+@dataclass(frozen=True)
+class _Cases:
+    """What :func:`validate` runs (its keyword arguments of the same names)."""
+
+    prompt_lengths: tuple[int, ...]
+    batch_lengths: tuple[int, ...]
+    decode_steps: int
+    sample_ids: np.ndarray | None
+    seed: int
+
+
+def _run_cases(sess: Session, model: Model, cases: _Cases, *, runtime: str, path: Path, dtype: str,
+               tol: Tolerance) -> ValidationReport:
     cfg = model.config
     ref = model.astype(np.float64)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cases.seed)
+    prompt_lengths, batch_lengths, decode_steps = cases.prompt_lengths, cases.batch_lengths, cases.decode_steps
+    sample_ids = cases.sample_ids
     V, E = cfg.vocab_size, cfg.moe.n_experts
     moe_layers = [l for l in range(cfg.n_layers) if cfg.layer_type(l) == "moe"]
     cached = bool(cache_layout(sess))
