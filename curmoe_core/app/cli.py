@@ -45,45 +45,77 @@ def _load_calib(spec: str | None, model: Any, data_dir: str | None, n_tokens: in
 
 
 # compress ---------------------------------------------------------------------------------------------------
+METHOD_HELP = {
+    "cur-neuron": "neuron CUR (default, interpretable): keep real expert neurons, refit W_down; needs --calib",
+    "cur": "per-matrix CUR: real columns and rows of each expert matrix (activation-aware with --calib)",
+    "svd-llm": "SVD with truncation-aware whitening (SVD-LLM); needs --calib",
+    "svd": "plain truncated SVD of each expert matrix",
+}
+
+
 def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir")
-    p.add_argument("--method", choices=["cur", "svd"], required=True)
+    p.add_argument("--method", choices=list(METHOD_HELP), default="cur-neuron",
+                   help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()) + " (default: %(default)s)")
     p.add_argument("--ratio", type=float, required=True, help="fraction of expert parameters to remove, in (0, 1)")
-    p.add_argument("--selection", default="deim", help="CUR rule: deim | qdeim | leverage | seed")
-    p.add_argument("--u", default="optimal", help="CUR middle matrix: optimal | intersection")
-    p.add_argument("--calib", default=None, help="activation-aware: wikitext2:train or a text FILE")
-    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--allocation", choices=["uniform", "global"], default=None,
+                   help="uniform: every expert/matrix removes RATIO; global: one budget spent where it costs least "
+                        "(cur-neuron, svd-llm; default: global for cur-neuron, uniform otherwise)")
+    p.add_argument("--sequential", action="store_true",
+                   help="calibrate each layer on the already-compressed layers before it")
+    p.add_argument("--selection", default=None,
+                   help="cur: deim | qdeim | leverage | seed (default deim); cur-neuron: greedy | energy | leverage | "
+                        "qdeim (default greedy)")
+    p.add_argument("--u", default="optimal", help="cur middle matrix: optimal | intersection (default: %(default)s)")
+    p.add_argument("--whiten", action="store_true", help="cur: select on the whitened matrix (needs --calib)")
+    p.add_argument("--calib", default=None, help="calibration text: wikitext2:train or a text FILE")
+    p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
-    p.add_argument("--include-shared", action="store_true")
-    p.add_argument("--fold-u", action="store_true", help="fold U into C (C then holds no real columns)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--include-shared", action="store_true", help="compress shared experts too")
+    p.add_argument("--fold-u", action="store_true", help="cur: fold U into C (C then holds no real columns)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="output model directory")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
 
 
-@command("compress", "compress a model's experts with CUR or SVD")
+def _compress_config(args: argparse.Namespace, aware: bool) -> Any:
+    """The config the arguments describe, built (and so validated) before any calibration work."""
+    import curmoe
+
+    common = dict(ratio=args.ratio, seed=args.seed, include_shared=args.include_shared, sequential=args.sequential)
+    if args.method == "cur-neuron":
+        sel = {} if args.selection is None else {"selection": args.selection}
+        return curmoe.NeuronConfig(**common, allocation=args.allocation or "global", **sel)
+    if args.method == "cur":
+        return curmoe.CURConfig(**common, selection=args.selection or "deim", u=args.u, activation_aware=aware,
+                                whiten=args.whiten, fold_u=args.fold_u, allocation=args.allocation or "uniform")
+    if args.method == "svd-llm" and not aware:
+        raise curmoe.InvalidInputError("--method svd-llm whitens with calibration statistics; pass --calib "
+                                       "wikitext2:train (or a text FILE), or use --method svd")
+    return curmoe.SVDConfig(**common, activation_aware=args.method == "svd-llm",
+                            allocation=args.allocation or "uniform")
+
+
+@command("compress", "compress a model's experts (neuron CUR, per-matrix CUR, SVD-LLM or SVD)")
 def _compress(args: argparse.Namespace) -> int:
     import curmoe
 
+    _compress_config(args, aware=args.calib is not None)  # fail on bad options before loading or calibrating
     model = curmoe.load(args.model_dir)
     calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
-    aware = calib is not None
-    if args.method == "cur":
-        cfg = curmoe.CURConfig(ratio=args.ratio, selection=args.selection, u=args.u, activation_aware=aware,
-                               seed=args.seed, include_shared=args.include_shared, fold_u=args.fold_u)
-    else:
-        cfg = curmoe.SVDConfig(ratio=args.ratio, activation_aware=aware, seed=args.seed,
-                               include_shared=args.include_shared)
+    cfg = _compress_config(args, aware=calib is not None)
     out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json)
     out.save(args.output)
     rec = {k: v for k, v in out.config.compression.items() if k != "matrices"}
-    errs = [m["weight_error"] for m in out.config.compression["matrices"].values()]
-    oerrs = [m["output_error"] for m in out.config.compression["matrices"].values() if m["output_error"] is not None]
-    rec |= {"output": args.output, "mean_weight_error": sum(errs) / len(errs),
+    mats = out.config.compression["matrices"].values()
+    errs = [m["weight_error"] for m in mats if m.get("weight_error") is not None]
+    oerrs = [m["output_error"] for m in mats if m.get("output_error") is not None]
+    rec |= {"output": args.output, "mean_weight_error": sum(errs) / len(errs) if errs else None,
             "mean_output_error": sum(oerrs) / len(oerrs) if oerrs else None}
     _emit(rec, args.json, lambda r: (
         f"saved {r['output']}: {r['method']} removed {100 * r['ratio_expert_params']:.1f}% of expert parameters "
-        f"({100 * r['ratio_all_params']:.1f}% of all), mean weight error {r['mean_weight_error']:.4f}"
+        f"({100 * r['ratio_all_params']:.1f}% of all)"
+        + (f", mean weight error {r['mean_weight_error']:.4f}" if r["mean_weight_error"] is not None else "")
         + (f", mean output error {r['mean_output_error']:.4f}" if r["mean_output_error"] is not None else "")
         + f", {r['time_s']:.1f} s"))
     return 0

@@ -60,7 +60,8 @@ def shipped_model_dir(name: str = "wt2-moe-8x") -> Any:
 def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7), data_dir: str | None = None,
                calib_tokens: int = 16384, max_eval_tokens: int | None = None, workdir: Any = None,
                say: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Compress (activation-aware CUR) -> export ONNX -> validate on every runtime here -> perplexity -> text."""
+    """Compress (neuron CUR, one global budget: the best interpretable method, see docs/results/compression.md)
+    -> export ONNX -> validate on every runtime here -> perplexity -> text."""
     import tempfile
     from pathlib import Path
 
@@ -92,9 +93,9 @@ def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7),
         calib_src = f"built-in sample text ({calib.size} tokens)"
     models = {"dense": dense}
     for r in ratios:
-        say(f"compressing: activation-aware CUR (DEIM), {int(100 * r)}% of expert parameters")
-        models[f"cur{int(100 * r)}"] = curmoe.compress(dense, curmoe.CURConfig(ratio=r, activation_aware=True),
-                                                        calib_ids=calib, progress=False)
+        say(f"compressing: neuron CUR (global budget), {int(100 * r)}% of expert parameters")
+        models[f"cur-neuron{int(100 * r)}"] = curmoe.compress(
+            dense, curmoe.NeuronConfig(ratio=r, allocation="global"), calib_ids=calib, progress=False)
     # every runtime usable here, except the reference itself and aliases of one device (openvino:auto = cpu here)
     runtimes = [n for n, _ in available() if not n.startswith(("reference", "coreml")) and n != "openvino:auto"]
     rows = []
