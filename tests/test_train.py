@@ -125,3 +125,18 @@ def test_resume_reproduces_the_uninterrupted_run(corpus, full_run, tmp_path):
 def test_resume_without_state_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(curmoe.CheckpointError, match="run without --resume first"):
         _run(corpus, tmp_path, "--resume")
+
+
+def test_time_budget_plans_the_step_count(corpus, tmp_path):
+    """Without --steps, the step count is estimated from timed steps and the run stops within its budget."""
+    data, tok = corpus
+    argv = ["--data-dir", str(data), "--tokenizer", str(tok), "--out", str(tmp_path), "--preset", "tiny",
+            "--d-model", "16", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--experts", "2", "--d-ff", "16",
+            "--seq-len", "16", "--batch-size", "2", "--warmup", "2", "--time-budget-min", "0.05",
+            "--eval-every", "1000", "--eval-tokens", "256", "--log-every", "5", "--threads", "1", "--no-final-eval"]
+    assert train.main(argv) == 0
+    s = json.loads((tmp_path / "train_summary.json").read_text())
+    assert s["options"]["steps"] is None and s["stopped_by"] in ("steps", "time budget")
+    assert isinstance(s["total_steps_planned"], int) and s["steps"] >= 13  # timed steps 3..13, then planned
+    assert s["train_wall_s"] < 60  # a 3 s budget plus evaluations, not an unbounded run
+    assert "best_valid" not in s and (tmp_path / "best" / "model.safetensors").is_file()

@@ -234,156 +234,220 @@ def _plot(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def _options(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(saved state's meta or None, the run's options): from the saved state with --resume, else the preset and
+    the command line."""
+    if not args.resume:
+        return None, resolve_options(args)
+    meta = read_meta(out)
+    print(f"resuming {out} at step {meta['step']} (options from the saved state)", flush=True)
+    return meta, meta["options"]
+
+
+class _Interval:
+    """Train-loss sums over one log interval: mean losses, throughput and expert-load imbalance (MaxVio)."""
+
+    def __init__(self) -> None:
+        self.loss = self.aux = self.z = 0.0
+        self.n = 0
+        self.counts: torch.Tensor | int = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, ce: torch.Tensor, o: Any) -> None:
+        self.loss += ce.item()
+        self.aux += o.aux_loss.item()
+        self.z += o.z_loss.item()
+        self.n += 1
+        self.counts = self.counts + torch.stack(o.counts).to(torch.float64)  # (L_moe, E)
+
+
+class _Trainer:
+    """One training session (new or resumed): the model, optimizer, data position and progress, with one method
+    per step of :func:`run`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: Path = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta, opts = _options(args, self.out)
+        if opts["steps"] is None and opts["time_budget_min"] is None:
+            raise curmoe.InvalidInputError("pass --steps or --time-budget-min (or a preset that sets steps)")
+        self.opts = opts
+        self.tok_path = Path(opts.get("tokenizer") or args.tokenizer or self.out / "tokenizer.json")
+        opts["tokenizer"] = str(self.tok_path)
+        self.corpus = corpus = prepare_corpus(args.data_dir, self.tok_path, args.vocab_size)
+        self.config = model_config(opts, corpus) if meta is None else ModelConfig.from_dict(meta["config"])
+        torch.manual_seed(opts["seed"])
+        self.model = TorchMoE(self.config)
+        self.opt = _optimizer(self.model, opts)
+        self.T, self.B = opts["seq_len"], opts["batch_size"]
+        self.step, self.tokens, self.elapsed0, self.total = 0, 0, 0.0, opts["steps"]
+        self.best: dict[str, Any] = {"step": None, "ppl_token": math.inf, "ppl_word": math.inf}
+        pos = {"epoch": 0, "index": 0}
+        if meta is not None:
+            meta = load_state(self.out, self.model, self.opt)
+            self.step, self.tokens, self.elapsed0 = meta["step"], meta["tokens"], meta["elapsed_s"]
+            self.total, self.best, pos = meta["total_steps"], meta["best"], meta["data"]
+        self.batcher = Batcher(corpus.train, self.T, self.B, opts["seed"], pos["epoch"], pos["index"])
+        self.logf = _Log(self.out / "train_log.jsonl", self.step if meta is not None else None)
+        self.n_params = self.model.n_params()
+        print(f"{self.model!r}; {corpus.train.size:,} train tokens, {corpus.valid.size:,} valid tokens; "
+              f"{self.B}x{self.T} tokens per step, {self.batcher.batches_per_epoch} steps per epoch", flush=True)
+        self.eval_tokens = min(int(opts["eval_tokens"]), corpus.valid.size)
+        self.budget_s = None if opts["time_budget_min"] is None else 60.0 * opts["time_budget_min"]
+        self.has_bias = any(getattr(layer, "router", None) is not None and layer.router.bias is not None
+                            for layer in self.model.layers)
+        self.t0 = time.perf_counter()
+        self.t_eval: float | None = None
+        self.calib_from: tuple[int, float] | None = None
+        self.stopped = "steps"
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+    def save(self) -> None:
+        meta = {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed(), "total_steps": self.total,
+                "best": self.best, "data": self.batcher.position(), "options": self.opts,
+                "config": self.config.to_dict(), "torch": torch.__version__, "n_params": self.n_params}
+        save_state(self.out, self.model, self.opt, meta)
+
+    def eval_valid(self) -> float:
+        """Perplexity on the fixed valid slice; a new best is saved to OUT/best. Returns the seconds it took."""
+        te = time.perf_counter()
+        r = evaluate(self.model, self.corpus.valid, self.corpus.valid_words, self.T, self.eval_tokens)
+        dt = time.perf_counter() - te
+        rec = {"event": "eval", "step": self.step, "tokens": self.tokens, "elapsed_s": round(self.elapsed(), 2),
+               "valid_ppl_token": r.ppl_token, "valid_ppl_word": r.ppl_word, "valid_tokens": r.tokens,
+               "eval_s": round(dt, 2)}
+        if r.ppl_token < self.best["ppl_token"]:
+            self.best = {"step": self.step, "ppl_token": r.ppl_token, "ppl_word": r.ppl_word}
+            save_best(self.model, self.out / "best", self.tok_path)
+            rec["best"] = True
+        self.logf.write(rec)
+        print(f"step {self.step:6d}  valid ppl {r.ppl_token:9.2f} (word {r.ppl_word:9.2f}) on {r.tokens} tokens"
+              f"{'  *best*' if rec.get('best') else ''}  [{dt:.1f} s]", flush=True)
+        self.t_eval = dt
+        return dt
+
+    def train_step(self, acc: _Interval) -> float:
+        """One optimizer step on the next batch (losses added to ``acc``); returns its learning rate."""
+        opts, model = self.opts, self.model
+        self.step += 1
+        lr = lr_at(self.step, opts, self.total)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        batch = torch.from_numpy(self.batcher.next())  # (B, T + 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(opts["bf16"])):
+            o = model.forward_train(batch[:, :-1])
+        ce = F.cross_entropy(o.logits.float().reshape(-1, self.config.vocab_size), batch[:, 1:].reshape(-1))
+        loss = ce + opts["aux_coef"] * o.aux_loss.float() + opts["z_coef"] * o.z_loss.float()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step} (lr {lr:.3g}); lower --lr or --grad-clip")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts["grad_clip"])
+        self.opt.step()
+        if self.has_bias:
+            model.update_router_biases(o.counts, opts["bias_speed"])
+        self.tokens += self.B * self.T
+        acc.add(ce, o)
+        return lr
+
+    def plan_steps(self) -> None:
+        """With a time budget and no --steps: time 10 steps after this session's first ones, then fix the total."""
+        if self.total is not None:
+            return
+        if self.calib_from is None and self.step >= 3:
+            self.calib_from = (self.step, time.perf_counter())
+        elif self.calib_from is not None and self.step == self.calib_from[0] + 10:
+            assert self.budget_s is not None
+            t_step = (time.perf_counter() - self.calib_from[1]) / 10
+            t_ev = self.t_eval or 0.0
+            left = self.budget_s - self.elapsed()
+            self.total = self.step + max(1, int(left / (t_step + t_ev / self.opts["eval_every"])))
+            print(f"time budget: {t_step * 1000:.0f} ms/step, eval {t_ev:.1f} s -> {self.total} steps", flush=True)
+
+    def log_interval(self, acc: _Interval, lr: float) -> None:
+        now = time.perf_counter()
+        rec = {"event": "train", "step": self.step, "tokens": self.tokens, "loss": acc.loss / acc.n,
+               "aux_loss": acc.aux / acc.n, "z_loss": acc.z / acc.n, "lr": lr,
+               "elapsed_s": round(self.elapsed(), 2),
+               "tokens_per_s": round(acc.n * self.B * self.T / (now - acc.t0), 1),
+               "max_vio": _max_vio(acc.counts)}
+        self.logf.write(rec)
+        print(f"step {self.step:6d}  loss {rec['loss']:.4f}  aux {rec['aux_loss']:.4f}  "
+              f"max_vio {rec['max_vio']:.2f}  lr {lr:.2e}  {rec['tokens_per_s']:.0f} tok/s  "
+              f"{rec['elapsed_s']:.0f} s", flush=True)
+
+    def train(self) -> bool:
+        """The training loop; True when stopped by --stop-at (state saved), False when done (steps or budget)."""
+        stop_at, opts = self.args.stop_at, self.opts
+        if self.step == 0:
+            self.eval_valid()
+        self.model.train()
+        acc = _Interval()
+        while self.total is None or self.step < self.total:
+            if self.budget_s is not None and self.elapsed() >= self.budget_s:
+                self.stopped = "time budget"
+                break
+            lr = self.train_step(acc)
+            self.plan_steps()
+            if self.step % opts["log_every"] == 0 or self.step == self.total or self.step == stop_at:
+                self.log_interval(acc, lr)
+                acc = _Interval()
+            if self.step % opts["eval_every"] == 0 or self.step == self.total:
+                self.eval_valid()
+                self.save()
+            if stop_at is not None and self.step >= stop_at:
+                self.save()
+                print(f"stopped at step {self.step} (--stop-at); continue with --resume", flush=True)
+                return True
+        if self.step % opts["eval_every"] and self.step != self.total:  # stopped by the budget between evals
+            self.eval_valid()
+        self.save()
+        return False
+
+    def summary(self) -> dict[str, Any]:
+        train_s, out, best = self.elapsed(), self.out, self.best
+        return {
+            "params": self.n_params, "steps": self.step, "total_steps_planned": self.total,
+            "stopped_by": self.stopped, "tokens": self.tokens,
+            "epochs": round(self.tokens / self.corpus.train.size, 3), "train_wall_s": round(train_s, 1),
+            "tokens_per_s": round(self.tokens / max(train_s, 1e-9), 1), "threads": self.args.threads,
+            "best_step": best["step"], "best_slice": {"ppl_token": best["ppl_token"], "ppl_word": best["ppl_word"],
+                                                      "tokens": self.eval_tokens},
+            "config": self.config.to_dict(), "options": self.opts, "torch": torch.__version__,
+            "checkpoint": str(out / "best"),
+            "checkpoint_bytes": (out / "best" / "model.safetensors").stat().st_size,
+        }
+
+    def final_eval(self) -> dict[str, Any]:
+        """Full-valid perplexity of the best checkpoint as shipped (fp16), logged and returned for the summary."""
+        tf = time.perf_counter()
+        shipped = load_torch(self.out / "best", dtype=torch.float32)
+        r = evaluate(shipped, self.corpus.valid, self.corpus.valid_words, self.T, None)
+        result = {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "protocol": r.protocol,
+                  "eval_s": round(time.perf_counter() - tf, 1)}
+        self.logf.write({"event": "final", "step": self.best["step"], "tokens": self.tokens,
+                         "valid_ppl_token": r.ppl_token, "valid_ppl_word": r.ppl_word, "valid_tokens": r.tokens})
+        print(f"best checkpoint (step {self.best['step']}, fp16): full valid {r.summary()}", flush=True)
+        return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume) as ``args`` says; returns the summary (also written to OUT/train_summary.json), or the
     progress so far when stopped by ``--stop-at``."""
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        meta = read_meta(out)
-        opts = meta["options"]
-        print(f"resuming {out} at step {meta['step']} (options from the saved state)", flush=True)
-    else:
-        meta = None
-        opts = resolve_options(args)
-    if opts["steps"] is None and opts["time_budget_min"] is None:
-        raise curmoe.InvalidInputError("pass --steps or --time-budget-min (or a preset that sets steps)")
-    tok_path = Path(opts.get("tokenizer") or args.tokenizer or out / "tokenizer.json")
-    opts["tokenizer"] = str(tok_path)
-    corpus = prepare_corpus(args.data_dir, tok_path, args.vocab_size)
-    config = model_config(opts, corpus) if meta is None else ModelConfig.from_dict(meta["config"])
-    torch.manual_seed(opts["seed"])
-    model = TorchMoE(config)
-    opt = _optimizer(model, opts)
-    T, B = opts["seq_len"], opts["batch_size"]
-    step, tokens, elapsed0, total = 0, 0, 0.0, opts["steps"]
-    best: dict[str, Any] = {"step": None, "ppl_token": math.inf, "ppl_word": math.inf}
-    batcher_pos = {"epoch": 0, "index": 0}
-    if meta is not None:
-        meta = load_state(out, model, opt)
-        step, tokens, elapsed0, total = meta["step"], meta["tokens"], meta["elapsed_s"], meta["total_steps"]
-        best, batcher_pos = meta["best"], meta["data"]
-    batcher = Batcher(corpus.train, T, B, opts["seed"], batcher_pos["epoch"], batcher_pos["index"])
-    logf = _Log(out / "train_log.jsonl", step if meta is not None else None)
-    n_params = model.n_params()
-    print(f"{model!r}; {corpus.train.size:,} train tokens, {corpus.valid.size:,} valid tokens; "
-          f"{B}x{T} tokens per step, {batcher.batches_per_epoch} steps per epoch", flush=True)
-    eval_tokens = min(int(opts["eval_tokens"]), corpus.valid.size)
-    budget_s = None if opts["time_budget_min"] is None else 60.0 * opts["time_budget_min"]
-    has_bias = any(getattr(layer, "router", None) is not None and layer.router.bias is not None
-                   for layer in model.layers)
-    t0 = time.perf_counter()
-
-    def elapsed() -> float:
-        return elapsed0 + time.perf_counter() - t0
-
-    def state_meta() -> dict[str, Any]:
-        return {"step": step, "tokens": tokens, "elapsed_s": elapsed(), "total_steps": total, "best": best,
-                "data": batcher.position(), "options": opts, "config": config.to_dict(),
-                "torch": torch.__version__, "n_params": n_params}
-
-    def do_eval() -> float:
-        nonlocal best
-        te = time.perf_counter()
-        r = evaluate(model, corpus.valid, corpus.valid_words, T, eval_tokens)
-        dt = time.perf_counter() - te
-        rec = {"event": "eval", "step": step, "tokens": tokens, "elapsed_s": round(elapsed(), 2),
-               "valid_ppl_token": r.ppl_token, "valid_ppl_word": r.ppl_word, "valid_tokens": r.tokens,
-               "eval_s": round(dt, 2)}
-        if r.ppl_token < best["ppl_token"]:
-            best = {"step": step, "ppl_token": r.ppl_token, "ppl_word": r.ppl_word}
-            save_best(model, out / "best", tok_path)
-            rec["best"] = True
-        logf.write(rec)
-        print(f"step {step:6d}  valid ppl {r.ppl_token:9.2f} (word {r.ppl_word:9.2f}) on {r.tokens} tokens"
-              f"{'  *best*' if rec.get('best') else ''}  [{dt:.1f} s]", flush=True)
-        return dt
-
-    t_eval = do_eval() if step == 0 else None
-    model.train()
-    acc = {"loss": 0.0, "aux": 0.0, "z": 0.0, "n": 0}
-    t_last, calib_from, stopped = time.perf_counter(), None, "steps"
-    while total is None or step < total:
-        if budget_s is not None and elapsed() >= budget_s:
-            stopped = "time budget"
-            break
-        step += 1
-        lr = lr_at(step, opts, total)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        batch = torch.from_numpy(batcher.next())  # (B, T + 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(opts["bf16"])):
-            o = model.forward_train(batch[:, :-1])
-        ce = F.cross_entropy(o.logits.float().reshape(-1, config.vocab_size), batch[:, 1:].reshape(-1))
-        loss = ce + opts["aux_coef"] * o.aux_loss.float() + opts["z_coef"] * o.z_loss.float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step} (lr {lr:.3g}); lower --lr or --grad-clip")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if opts["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts["grad_clip"])
-        opt.step()
-        if has_bias:
-            model.update_router_biases(o.counts, opts["bias_speed"])
-        tokens += B * T
-        acc["loss"] += ce.item()
-        acc["aux"] += o.aux_loss.item()
-        acc["z"] += o.z_loss.item()
-        acc["n"] += 1
-        acc["counts"] = acc.get("counts", 0) + torch.stack(o.counts).to(torch.float64)  # (L_moe, E)
-        if total is None and calib_from is None and step >= 3:  # time steps after this session's first ones
-            calib_from = (step, time.perf_counter())
-        elif total is None and calib_from is not None and step == calib_from[0] + 10:
-            t_step = (time.perf_counter() - calib_from[1]) / 10
-            t_ev = t_eval or 0.0
-            left = budget_s - elapsed()
-            total = step + max(1, int(left / (t_step + t_ev / opts["eval_every"])))
-            print(f"time budget: {t_step * 1000:.0f} ms/step, eval {t_ev:.1f} s -> {total} steps", flush=True)
-        if step % opts["log_every"] == 0 or step == total or step == args.stop_at:
-            now = time.perf_counter()
-            rec = {"event": "train", "step": step, "tokens": tokens, "loss": acc["loss"] / acc["n"],
-                   "aux_loss": acc["aux"] / acc["n"], "z_loss": acc["z"] / acc["n"], "lr": lr,
-                   "elapsed_s": round(elapsed(), 2), "tokens_per_s": round(acc["n"] * B * T / (now - t_last), 1),
-                   "max_vio": _max_vio(acc["counts"])}
-            logf.write(rec)
-            print(f"step {step:6d}  loss {rec['loss']:.4f}  aux {rec['aux_loss']:.4f}  "
-                  f"max_vio {rec['max_vio']:.2f}  lr {lr:.2e}  {rec['tokens_per_s']:.0f} tok/s  "
-                  f"{rec['elapsed_s']:.0f} s", flush=True)
-            acc = {"loss": 0.0, "aux": 0.0, "z": 0.0, "n": 0}
-            t_last = now
-        if step % opts["eval_every"] == 0 or step == total:
-            t_eval = do_eval()
-            save_state(out, model, opt, state_meta())
-        if args.stop_at is not None and step >= args.stop_at:
-            save_state(out, model, opt, state_meta())
-            print(f"stopped at step {step} (--stop-at); continue with --resume", flush=True)
-            return {"stopped_at": step, "best": best}
-    if step % opts["eval_every"] and step != total:  # stopped by the budget between evals
-        do_eval()
-    save_state(out, model, opt, state_meta())
-    train_s = elapsed()
-    summary: dict[str, Any] = {
-        "params": n_params, "steps": step, "total_steps_planned": total, "stopped_by": stopped,
-        "tokens": tokens, "epochs": round(tokens / corpus.train.size, 3), "train_wall_s": round(train_s, 1),
-        "tokens_per_s": round(tokens / max(train_s, 1e-9), 1), "threads": args.threads,
-        "best_step": best["step"], "best_slice": {"ppl_token": best["ppl_token"], "ppl_word": best["ppl_word"],
-                                                  "tokens": eval_tokens},
-        "config": config.to_dict(), "options": opts, "torch": torch.__version__,
-        "checkpoint": str(out / "best"),
-        "checkpoint_bytes": (out / "best" / "model.safetensors").stat().st_size,
-    }
+    trainer = _Trainer(args)
+    if trainer.train():
+        return {"stopped_at": trainer.step, "best": trainer.best}
+    summary = trainer.summary()
     if args.final_eval:
-        tf = time.perf_counter()
-        shipped = load_torch(out / "best", dtype=torch.float32)  # the fp16 checkpoint as shipped
-        r = evaluate(shipped, corpus.valid, corpus.valid_words, T, None)
-        summary["best_valid"] = {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "protocol": r.protocol,
-                                 "eval_s": round(time.perf_counter() - tf, 1)}
-        logf.write({"event": "final", "step": best["step"], "tokens": tokens, "valid_ppl_token": r.ppl_token,
-                    "valid_ppl_word": r.ppl_word, "valid_tokens": r.tokens})
-        print(f"best checkpoint (step {best['step']}, fp16): full valid {r.summary()}", flush=True)
+        summary["best_valid"] = trainer.final_eval()
     summary["session_wall_s"] = round(time.perf_counter() - t_start, 1)  # this invocation, incl. data and evals
+    out = trainer.out
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(out / "train_log.jsonl", out / "loss_curve.png")
     return summary
