@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, from {', '.join(METHODS)}; append '{HEAL}' to heal")
     p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="score only the first N tokens of each split (a fixed, stated prefix; default: all)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="docs/results/data/compression.json")
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = args.splits.split(",")
     results = {"provenance": provenance(argv), "model": Path(model_dir).name, "n_params": model.n_params(),
                "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "splits": splits,
+               "eval_tokens": "all" if args.max_tokens is None else f"first {args.max_tokens} of each split",
                "prompts": list(PROMPTS), "sample_tokens": SAMPLE_TOKENS, "rows": []}
 
     def evaluate(m: curmoe.Model, name: str) -> dict:
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"bytes_on_disk": disk}
         for split in splits:
             t0 = time.perf_counter()
-            r = evaluate_wikitext2(sess, tok_path, split=split, data_dir=args.data_dir)
+            r = evaluate_wikitext2(sess, tok_path, split=split, data_dir=args.data_dir,
+                                   max_tokens=args.max_tokens)
             row[split] = {"ppl_token": r.ppl_token, "ppl_word": r.ppl_word, "tokens": r.tokens,
                           "eval_s": round(time.perf_counter() - t0, 1)}
         row["samples"] = []
