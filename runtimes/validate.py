@@ -177,12 +177,7 @@ def validate(
     if not path.is_file():
         raise InvalidInputError(f"ONNX file {str(path)!r} does not exist; export one with curmoe.exporters.export")
     proto, meta, _, _ = _read_meta(path)
-    cfg = model.config
-    if "curmoe.config" in meta and json.loads(meta["curmoe.config"]) != json.loads(cfg.to_json()):
-        raise InvalidInputError(
-            f"{str(path)!r} was exported from a different model config than the one passed; pass the model it "
-            "was exported from (compare metadata 'curmoe.config')"
-        )
+    _check_exported_from(meta, model, path)
     export = json.loads(meta.get("curmoe.export", "{}"))
     dtype = export.get("dtype", "float32")
     tol = tolerance_for(dtype)
@@ -196,6 +191,16 @@ def validate(
         if aug is not None:
             aug.unlink(missing_ok=True)
     return report
+
+
+def _check_exported_from(meta: dict[str, str], model: Model, path: str | os.PathLike[str]) -> None:
+    """Refuse a file whose ``curmoe.config`` metadata is not ``model``'s config (validation would compare two
+    different models)."""
+    if "curmoe.config" in meta and json.loads(meta["curmoe.config"]) != json.loads(model.config.to_json()):
+        raise InvalidInputError(
+            f"{str(path)!r} was exported from a different model config than the one passed; pass the model it "
+            "was exported from (compare metadata 'curmoe.config')"
+        )
 
 
 @dataclass(frozen=True)

@@ -199,20 +199,17 @@ def validate_coreml(package: str | os.PathLike[str], model: Model, runtime: str 
     package path; ``info["apple_kernels_run"]`` says whether Core ML itself ran).
     """
     from curmoe.runtimes._registry import load as registry_load
-    from curmoe.runtimes.validate import _run_cases
+    from curmoe.runtimes.validate import _Cases, _check_exported_from, _run_cases
 
     if not isinstance(model, Model):
         raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
     sess = registry_load(package, runtime, **session_options)
     meta = sess.metadata
-    if "curmoe.config" in meta and json.loads(meta["curmoe.config"]) != json.loads(model.config.to_json()):
-        raise InvalidInputError(
-            f"{str(package)!r} was exported from a different model config than the one passed; pass the model it was "
-            "exported from (compare metadata 'curmoe.config')"
-        )
+    _check_exported_from(meta, model, package)
     if not any(o.name.startswith("routing.") for o in sess.outputs):
         log.warning("%s has no routing outputs (exported with routing_outputs=False): routing agreement not measured",
                     package)
     dtype = json.loads(meta.get("curmoe.export", "{}")).get("dtype", "float32")
-    return _run_cases(sess, model, runtime, Path(package), dtype, tolerance_for(dtype), prompt_lengths,
-                      batch_lengths, 0, sample_ids, seed)
+    cases = _Cases(tuple(prompt_lengths), tuple(batch_lengths), 0, sample_ids, seed)  # no cache: no decode
+    return _run_cases(sess, model, cases, runtime=runtime, path=Path(package), dtype=dtype,
+                      tol=tolerance_for(dtype))
