@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 
 import curmoe
-from curmoe.reference._config import ModelConfig, MoEConfig
-from curmoe.routing._gating import RouterConfig
+from curmoe import ModelConfig, MoEConfig, RouterConfig
 
 
 def baby_config(router: dict[str, Any] | None = None, moe: dict[str, Any] | None = None, **kw: Any) -> ModelConfig:
@@ -40,3 +39,13 @@ VARIANTS = {
     "hash": dict(router=dict(kind="hash", top_k=1)),
     "switch": dict(router=dict(kind="switch", top_k=1, capacity_factor=1.0)),
 }
+
+# The variants the exporters and runtimes run: the shared ones with the hash router at top_k=2 (exercises the
+# multi-slot hash table).
+EXPORT_VARIANTS = {k: v for k, v in VARIANTS.items() if k != "hash"} | {"hash2": dict(router=dict(kind="hash", top_k=2))}
+
+
+def compressed(model: curmoe.Model, method: str, fold_u: bool = False) -> curmoe.Model:
+    """CUR (``method="cur"``) or SVD-compressed copy of a baby model at ratio 0.5, via ``curmoe.compress``."""
+    cfg = curmoe.CURConfig(ratio=0.5, fold_u=fold_u) if method == "cur" else curmoe.SVDConfig(ratio=0.5)
+    return curmoe.compress(model, cfg, progress=False)

@@ -20,8 +20,8 @@ from curmoe.runtimes import RuntimeNotAvailableError, generate, load  # noqa: E4
 from curmoe.runtimes.adapters import _mil_eval  # noqa: E402
 from curmoe.runtimes.adapters.coreml import can_predict, validate_coreml  # noqa: E402
 from curmoe.runtimes.tolerances import TOLERANCES  # noqa: E402
-from tests.babies import baby_model, random_ids  # noqa: E402
-from tests.test_onnx_export import VARIANTS, compressed  # noqa: E402
+from tests.babies import EXPORT_VARIANTS as VARIANTS  # noqa: E402
+from tests.babies import baby_model, compressed, random_ids  # noqa: E402
 
 F32, F16 = TOLERANCES["float32"], TOLERANCES["float16"]
 

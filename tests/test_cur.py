@@ -94,8 +94,8 @@ def test_cur_invariants(shape, dtype, selection, u, randomized, seed):
     np.testing.assert_array_equal(res.R, W[res.rows, :])
     assert res.exact_factors and not res.folded and not res.activation_aware
     assert res.C.dtype == res.U.dtype == res.R.dtype == dtype and res.U.shape == (c, res.rank)
-    assert res.n_params == m * c + c * res.rank + res.rank * n
-    assert res.ratio == 1 - res.n_params / (m * n)
+    assert res.n_params == res.C.size + res.U.size + res.R.size  # what is stored, not a formula
+    assert res.ratio == pytest.approx(1 - res.n_params / W.size, rel=1e-12)
     # Eckart-Young: no rank-k approximation beats the truncated SVD, and rank(C U R) <= res.rank.
     s = np.linalg.svd(W.astype(np.float64), compute_uv=False)
     svd_err = np.sqrt(np.sum(s[res.rank :] ** 2) / np.sum(s**2))
@@ -164,7 +164,8 @@ def test_oversampled_columns_extend_deim_and_lower_the_error():
     np.testing.assert_array_equal(over.rows, base.rows)  # DEIM is greedy: the first 8 points do not change
     np.testing.assert_array_equal(over.cols[:8], base.cols)
     assert over.weight_error <= base.weight_error
-    assert over.ratio == 1 - (40 * 16 + 16 * 8 + 8 * 80) / (40 * 80)
+    assert over.n_params == over.C.size + over.U.size + over.R.size > base.n_params  # 8 more columns stored
+    assert over.ratio < base.ratio
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -15,44 +15,12 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import curmoe  # noqa: E402
+from curmoe import CURLinear  # noqa: E402
 from curmoe.exporters import OnnxExportConfig, export  # noqa: E402
-from curmoe.reference._config import ModelConfig  # noqa: E402
-from curmoe.reference._linear import CURLinear, SVDLinear  # noqa: E402
-from tests.babies import VARIANTS as BASE_VARIANTS  # noqa: E402
-from tests.babies import baby_model, random_ids
+from tests.babies import EXPORT_VARIANTS as VARIANTS  # noqa: E402
+from tests.babies import baby_model, compressed, random_ids  # noqa: E402
 
-# The shared variants, with the hash router at top_k=2 (exercises the multi-slot hash table).
-VARIANTS = {k: v for k, v in BASE_VARIANTS.items() if k != "hash"} | {"hash2": dict(router=dict(kind="hash", top_k=2))}
 F32_REL = 2e-5  # float32 graph vs float64 reference, relative to the largest |logit| (measured ~2e-6)
-
-
-def compressed(model: curmoe.Model, method: str, fold_u: bool = False) -> curmoe.Model:
-    """CUR / SVD-compressed copy of a baby model (curmoe.compress when present, else factors built here)."""
-    try:
-        from curmoe.compress._compress import CURConfig, SVDConfig, compress
-
-        cfg = CURConfig(ratio=0.5, fold_u=fold_u) if method == "cur" else SVDConfig(ratio=0.5)
-        return compress(model, cfg, progress=False)
-    except ImportError:
-        pass
-    experts, factors = dict(model.experts), {}
-    for key, lin in model.experts.items():
-        if ".experts." not in key:
-            continue
-        W = lin.dense()
-        r = min(W.shape) // 3
-        if method == "svd":
-            u, s, vt = np.linalg.svd(W, full_matrices=False)
-            experts[key], factors[key] = SVDLinear(u[:, :r] * s[:r], vt[:r]), {"kind": "svd", "rank": r}
-        else:
-            rows = np.argsort(-np.linalg.norm(W, axis=1), kind="stable")[:r]
-            cols = np.argsort(-np.linalg.norm(W, axis=0), kind="stable")[: r + 1]
-            C, R = W[:, cols], W[rows]
-            U = np.linalg.pinv(C) @ W @ np.linalg.pinv(R)
-            experts[key] = CURLinear(C @ U, None, R, rows, cols) if fold_u else CURLinear(C, U, R, rows, cols)
-            factors[key] = {"kind": "cur", "rank": r, "n_cols": r + 1, "folded": fold_u}
-    cfg = ModelConfig.from_dict(model.config.to_dict() | {"factors": factors, "compression": {"method": method}})
-    return curmoe.Model(cfg, dict(model.tensors), experts)
 
 
 def session(path, optimization: str = "all") -> ort.InferenceSession:

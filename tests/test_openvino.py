@@ -16,8 +16,8 @@ from curmoe.exporters import OnnxExportConfig, export, export_openvino_ir  # noq
 from curmoe.runtimes import RuntimeNotAvailableError, load, validate  # noqa: E402
 from curmoe.runtimes.generate import empty_cache  # noqa: E402
 from curmoe.runtimes.tolerances import TOLERANCES  # noqa: E402
-from tests.babies import baby_model, random_ids  # noqa: E402
-from tests.test_onnx_export import VARIANTS, compressed  # noqa: E402
+from tests.babies import EXPORT_VARIANTS as VARIANTS  # noqa: E402
+from tests.babies import baby_model, compressed, random_ids  # noqa: E402
 
 F32 = TOLERANCES["float32"]
 HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -39,9 +39,7 @@ def feeds(sess, ids):
 
 
 # Devices and errors ---------------------------------------------------------------------------------------------
-def test_registry_and_available_devices():
-    for n in ("openvino:cpu", "openvino:gpu", "openvino:npu", "openvino:auto"):
-        assert n in runtimes.names()
+def test_available_devices():
     avail = dict(runtimes.available())
     present = ov.Core().available_devices
     assert avail["openvino:cpu"] and avail["openvino:cpu"][0].startswith("CPU (")

@@ -9,7 +9,7 @@ import pytest
 
 import curmoe
 from curmoe.app.cli import main as cli
-from curmoe.app.report import README_BEGIN, README_END, SOURCES, headline, report
+from curmoe.app.report import README_BEGIN, README_END, SOURCES, compression_targets, headline, report
 from curmoe.app.results import provenance, read_results, write_results
 
 pytest.importorskip("matplotlib")
@@ -25,17 +25,37 @@ def _prov(cmd: str) -> dict:
     return {"command": cmd, "utc": "2026-01-01 00:00", "commit": "abc1234", "machine": "x86_64, 2 CPUs"}
 
 
+# (method, ratio, valid ppl, test ppl, compress s); dense: valid 11, test 10. Old-format rows (the per-matrix CURs
+# and svd) have neither bytes_on_disk nor calibration; cur-neuron is better on valid and worse on test at 50%.
+ROWS = [("cur-neuron global", 0.5, 11.4, 10.4, 2.0), ("cur-neuron", 0.5, 11.3, 10.6, 2.5),
+        ("svd-llm", 0.5, 12.0, 10.9, 3.0), ("svd", 0.5, 12.5, 11.2, 1.0), ("cur-deim aware", 0.5, 40.0, 40.0, 3.0),
+        ("cur-seed (poster)", 0.5, 9e3, 1e4, 3.0),
+        ("cur-neuron global", 0.7, 12.5, 11.5, 4.0), ("svd-llm", 0.7, 15.0, 13.7, 3.0),
+        ("svd-llm global", 0.7, 13.0, 12.0, 3.5), ("cur-neuron global seq", 0.7, 12.2, 11.8, 9.0),
+        ("svd", 0.7, 33.0, 30.0, 3.0), ("cur-deim aware", 0.7, 88.0, 80.0, 3.0),
+        ("cur-seed (poster)", 0.7, 2.2e4, 2e4, 3.0),
+        ("cur-neuron global", 0.8, 18.0, 17.0, 4.0), ("svd-llm", 0.8, 17.5, 16.0, 3.0)]
+HEALED = [("cur-neuron global +heal", 0.7, 11.9, 10.8), ("svd-llm +heal", 0.7, 12.4, 11.2)]
+
+
+def _row(method: str, ratio: float, valid: float, test: float, **extra: object) -> dict:
+    return {"method": method, "ratio_target": ratio, "ratio_expert_params": ratio + 0.001 if ratio else 0.0,
+            "ratio_all_params": ratio / 2, "mean_output_error": 0.01 * test if ratio else 0.0, "valid": _ppl(valid),
+            "test": _ppl(test), "samples": ["x | y", "z"]} | extra
+
+
 def compression_data() -> dict:
-    rows = [{"method": "dense", "ratio_target": 0.0, "ratio_expert_params": 0.0, "ratio_all_params": 0.0,
-             "mean_output_error": 0.0, "compress_s": 0.0, "valid": _ppl(11.0), "test": _ppl(10.0),
-             "samples": ["a b", "c d"]}]
-    for ratio in (0.5, 0.7):
-        for method, mult in (("svd", 1.5), ("cur-deim aware", 4.0), ("cur-seed (poster)", 1000.0)):
-            f = mult * (2 if ratio == 0.7 else 1)
-            rows.append({"method": method, "ratio_target": ratio, "ratio_expert_params": ratio + 0.001,
-                         "ratio_all_params": ratio / 2, "mean_output_error": 0.1 * f, "compress_s": 3.0,
-                         "valid": _ppl(11.0 * f), "test": _ppl(10.0 * f), "samples": ["x | y", "z"]})
-    return {"provenance": _prov("python benchmarks/compression.py"), "model": "m", "n_params": 123,
+    rows = [_row("dense", 0.0, 11.0, 10.0, compress_s=0.0, bytes_on_disk=4_000_000) | {"samples": ["a b", "c d"]}]
+    for method, ratio, valid, test, secs in ROWS:
+        new = not (method.startswith("cur-deim") or method.startswith("cur-seed") or method == "svd")
+        extra = {"bytes_on_disk": int(4e6 * (1 - ratio / 2)),
+                 "calibration": "sequential" if method.endswith("seq") else "one-pass"} if new else {}
+        rows.append(_row(method, ratio, valid, test, compress_s=secs, **extra))
+    for method, ratio, valid, test in HEALED:
+        rows.append(_row(method, ratio, valid, test, compress_s=4.0, bytes_on_disk=2_600_000, calibration="one-pass",
+                         heal_s=60.0, heal={"kl_before": 0.25, "kl_after": 0.125, "steps": 40,
+                                            "trainable_params": 12345}))
+    return {"provenance": _prov("python benchmarks/compression.py"), "model": "m", "n_params": 1_000_000,
             "splits": ["valid", "test"], "prompts": ["The", "In"], "sample_tokens": 2, "rows": rows}
 
 
@@ -64,7 +84,7 @@ def runtime_data() -> dict:  # measured from a working tree with a change: the p
     return {"provenance": prov, "model": "m", "threads": 2, "decode_steps": 8, "repeats": 1, "prefill_lengths": [16, 256], "bandwidth": 1e10, "rows": rows}
 
 
-def interpret_data() -> dict:
+def interpret_data(neurons: bool = True) -> dict:
     methods, ratios = ("cur-deim", "cur-deim aware"), [0.5, 0.7]
     energy = [{"method": m, "ratio": r, "side": side, "energy_share": 0.4, "uniform_share": 0.25,
                "energy_share_min": 0.3} for m in methods for r in ratios for side in ("columns", "rows")]
@@ -76,8 +96,40 @@ def interpret_data() -> dict:
     kept = {f"{m}@{r}": {"cols": [0, 3], "rows": [1]} for m in methods for r in ratios}
     feat = [{"layer": 1, "expert": 0, "matrix": "up", "shape": [4, 8], "col_energy": [1.0 * i + 1 for i in range(8)],
              "row_energy": [1.0, 2.0, 3.0, 4.0], "kept": kept}]
-    return {"provenance": _prov("python benchmarks/interpret.py"), "ratios": ratios, "rows": energy,
+    data = {"provenance": _prov("python benchmarks/interpret.py"), "ratios": ratios, "rows": energy,
             "jaccard": jac, "nesting": nest, "featured": feat}
+    if neurons:
+        data |= neuron_data(ratios)
+    return data
+
+
+def neuron_data(ratios: list[float]) -> dict:
+    """2 layers x 2 experts of 8 neurons. Uniform keeps 4 then 2; global keeps k = (6, 2 | 4, 4) then (3, 1 | 3, 3),
+    so the budget favours layer 0 expert 0 and layer 1; global sets are nested, uniform ones at 70% are not."""
+    names = ["cur-neuron", "cur-neuron global"]
+    ks = {("cur-neuron", 0.5): [4, 4, 4, 4], ("cur-neuron", 0.7): [2, 2, 2, 2],
+          ("cur-neuron global", 0.5): [6, 2, 4, 4], ("cur-neuron global", 0.7): [3, 1, 3, 3]}
+    tokens, energy = [100, 10, 50, 60], [8.0, 1.0, 4.0, 5.0]
+    kept = []
+    for (m, r), k in ks.items():
+        for i, (layer, e) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            J = list(range(k[i])) if not (m == "cur-neuron" and r == 0.7 and i == 3) else [6, 7]
+            kept.append({"method": m, "ratio": r, "layer": layer, "expert": e, "k": k[i], "of": 8,
+                         "energy_share": 0.9, "top_energy_share": 0.95, "output_error": 0.1, "neurons": J,
+                         "n_tokens": tokens[i], "stats": "routed", "output_energy": energy[i]})
+    rows = [{"method": m, "ratio": r, "energy_share": 0.8 if r == 0.5 else 0.6, "uniform_share": 0.5 if r == 0.5
+             else 0.25, "top_energy_share": 0.85, "energy_share_min": 0.5, "output_error": 0.2,
+             "k_min": min(ks[m, r]), "k_max": max(ks[m, r])} for m in names for r in ratios]
+    jac = [{"method": m, "ratio": r, "layer": layer, "matrix": [[1.0, 0.4], [0.4, 1.0]], "mean_offdiag": 0.4,
+            "chance": 0.2} for m in names for r in ratios for layer in (0, 1)]
+    nest = [{"method": "cur-neuron", "from": 0.5, "to": 0.7, "contained": 0.75, "contained_min": 0.0,
+             "nested_experts": 0.75},
+            {"method": "cur-neuron global", "from": 0.5, "to": 0.7, "contained": 1.0, "contained_min": 1.0,
+             "nested_experts": 1.0}]
+    agree = [{"a": names[0], "b": names[1], "ratio": r, "jaccard": 0.6, "jaccard_min": 0.25} for r in ratios]
+    feats = [{"layer": 0, "expert": 0, "energy": [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 0.0]}]
+    return {"neuron_methods": names, "neuron_rows": rows, "neuron_kept": kept, "neuron_jaccard": jac,
+            "neuron_nesting": nest, "neuron_agreement": agree, "neuron_featured": feats}
 
 
 @pytest.fixture
@@ -95,11 +147,30 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     res = data_dir.parent
     assert out["missing"] == []
     comp = (res / "compression.md").read_text()
-    assert "**8.00x**" in comp  # cur-deim aware at 0.7: test ppl 80 / dense 10
+    # one-shot table: calibration, params left (1e6 * (1 - 0.35)), on disk, "-" where an old row has no field
+    assert "| cur-neuron global | one-pass | 70.1% | 35.0% | 0.65 M | 2.60 MB | 0.115 | 12.50 | 11.50 | 23.00 | " \
+           "**1.15x** | 4.0 |" in comp
+    assert "| cur-deim aware | - | 70.1% | 35.0% | 0.65 M | - | 0.800 | 88.00 | 80.00 | 160.00 | **8.00x** | 3.0 |" in comp
+    assert "| dense | - | 0.0% | 0.0% | 1.00 M | 4.00 MB |" in comp
     assert "**2,000.00x**" in comp  # the poster's seed at 0.7: 20,000 / 10 (thousands separated)
-    assert "| 80.00 | 160.00 |" in comp  # test token and word ppl
+    # healed rows only in their own table, with KL, trained params and the matching one-shot multiple
+    one_shot = comp[comp.index("## One-shot"):comp.index("## Healed")]
+    assert "+heal" not in one_shot
+    assert "| cur-neuron global +heal | 70.1% | 35.0% | 0.65 M | 2.60 MB | 12,345 | 0.2500 | 0.1250 | 40 | 11.90 | " \
+           "10.80 | 21.60 | **1.08x** | 1.15x | 60.0 |" in comp
+    # multiples per method x ratio ("-": not measured), best method first
+    assert "| cur-neuron global | 1.04x | 1.15x | 1.70x |" in comp
+    assert "| svd-llm global | - | 1.20x | - |" in comp
+    # best interpretable chosen on valid: cur-neuron at 50% (valid 11.3) although cur-neuron global has the lower test
+    assert "| 50% | cur-neuron: **1.06x** | 1.09x | - | svd-llm: 1.09x | 0.97x |" in comp
+    assert "| 70% | cur-neuron global seq: **1.18x** | 1.37x | 1.20x | svd-llm global: 1.20x | 0.98x |" in comp
+    assert "| best interpretable one-shot <= 1.05x at 50% | cur-neuron: 1.06x | **missed** |" in comp
+    assert "- Sequential instead of one-pass calibration for cur-neuron global: lower test perplexity at 0 of 1 ratios " \
+           "(70%: 1.15x -> 1.18x)." in comp
+    assert "- Healing for cur-neuron global: lower test perplexity at 1 of 1 ratios (70%: 1.15x -> 1.08x)." in comp
+    assert "- Issue 12 targets: 5 met, 4 missed, 4 not measured" in comp
     assert "`python benchmarks/compression.py` at commit `abc1234`" in comp
-    assert "best method chosen on valid is **svd** at 3.00x" in comp  # 0.7: svd 30/10
+    assert "best one-shot method chosen on valid is **cur-neuron global seq** at 1.18x" in comp
     assert "x \\| y" in comp  # a '|' in a sample cannot break the Markdown
     gat = (res / "gating.md").read_text()
     assert "causal decoding (topk fallback)" in gat and "CV 0.000" in gat
@@ -114,7 +185,8 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     assert "| cur-deim aware | up columns | 0.250 | 0.500 | 0.111 |" in interp  # layers side by side, at 70%
     assert "| cur-deim | 50% | 70% | rows | 0.875 | 0.500 |" in interp
     for png in ("compression.png", "gating_load.png", "runtime.png", "interpret_profile.png",
-                "interpret_jaccard.png", "interpret_ratio.png"):
+                "interpret_jaccard.png", "interpret_ratio.png", "interpret_neuron_profile.png",
+                "interpret_neuron_k.png"):
         assert (res / png).read_bytes()[:8] == PNG
     index = (res / "README.md").read_text()
     assert "compression.md" in index and "(not run yet)" not in index
@@ -125,18 +197,78 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     assert not list(res.glob(".*")), "temporary files left behind"
 
 
-def test_readme_block_is_replaced_and_the_rest_kept(data_dir: Path, tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n\n{README_BEGIN}\nold\n{README_END}\n\nafter\n")
-    report(data_dir, readme=readme)
-    text = readme.read_text()
-    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
-    assert "old" not in text and "compress s" not in text  # headline: compact columns
-    assert "**8.00x**" in text  # cur-deim aware at 0.7 in the compact table: 80 / 10
-    readme.write_text("# no markers\n")
-    with pytest.raises(curmoe.InvalidInputError, match="no results block"):
-        report(data_dir, readme=readme)
-    assert readme.read_text() == "# no markers\n"
+def test_issue_12_targets_are_computed_from_the_rows() -> None:
+    data = compression_data()
+    got = {t["target"]: (t["measured"], t["status"]) for t in compression_targets(data)}
+    assert got == {
+        "best interpretable one-shot <= 1.05x at 50%": ("cur-neuron: 1.06x", "missed"),  # chosen on valid
+        "best interpretable one-shot <= 1.20x at 70%": ("cur-neuron global seq: 1.18x", "met"),
+        "best interpretable one-shot <= 1.60x at 80%": ("cur-neuron global: 1.70x", "missed"),
+        "best interpretable one-shot below SVD-LLM (uniform and allocated) at 30%": (
+            "interpretable: not measured; svd-llm: not measured; svd-llm global: not measured", "not measured"),
+        "best interpretable one-shot below SVD-LLM (uniform and allocated) at 50%": (  # no svd-llm global at 50%
+            "cur-neuron: 1.06x; svd-llm: 1.09x; svd-llm global: not measured", "not measured"),
+        "best interpretable one-shot below SVD-LLM (uniform and allocated) at 70%": (
+            "cur-neuron global seq: 1.18x; svd-llm: 1.37x; svd-llm global: 1.20x", "met"),
+        "best interpretable one-shot below SVD-LLM (uniform and allocated) at 80%": (  # above the uniform one
+            "cur-neuron global: 1.70x; svd-llm: 1.60x; svd-llm global: not measured", "missed"),
+        "best interpretable healed <= 1.10x at 70%": ("cur-neuron global +heal: 1.08x", "met"),
+        "best interpretable healed below SVD-LLM healed alike at 70%": (
+            "cur-neuron global +heal: 1.08x; svd-llm +heal: 1.12x", "met"),
+        "compress time cur-neuron global <= svd-llm at 50%": ("2.0 s / 3.0 s = 0.67x", "met"),
+        "compress time cur-neuron global <= svd-llm at 70%": ("4.0 s / 3.0 s = 1.33x", "missed"),
+        "compress time cur-neuron global <= svd-llm at 80%": ("4.0 s / 3.0 s = 1.33x", "missed"),
+    }
+    # a worse healed row flips the healed lines; removing svd-llm at 80% leaves that line unmeasured
+    for r in data["rows"]:
+        if r["method"] == "cur-neuron global +heal":
+            r["test"] = _ppl(11.5)
+    data["rows"] = [r for r in data["rows"] if not (r["method"] == "svd-llm" and r["ratio_target"] == 0.8)]
+    got = {t["target"]: t["status"] for t in compression_targets(data)}
+    assert got["best interpretable healed <= 1.10x at 70%"] == "missed"
+    assert got["best interpretable healed below SVD-LLM healed alike at 70%"] == "missed"
+    assert got["best interpretable one-shot below SVD-LLM (uniform and allocated) at 80%"] == "not measured"
+    assert got["compress time cur-neuron global <= svd-llm at 80%"] == "not measured"
+
+
+def test_old_compression_files_still_render(tmp_path: Path) -> None:
+    """Rows from before bytes_on_disk, calibration and healing: "-" for the missing fields, targets still computed."""
+    data = compression_data()
+    data["rows"] = [{k: v for k, v in r.items() if k not in ("bytes_on_disk", "calibration")} for r in data["rows"]
+                    if r["method"] in ("dense", "svd-llm", "svd", "cur-deim aware")]
+    write_results(tmp_path / "data" / "compression.json", data)
+    report(tmp_path / "data")
+    comp = (tmp_path / "compression.md").read_text()
+    assert "| dense | - | 0.0% | 0.0% | 1.00 M | - | 0.000 |" in comp
+    assert "## Healed" not in comp
+    assert "| best interpretable one-shot <= 1.20x at 70% | cur-deim aware: 8.00x | **missed** |" in comp
+    assert "| compress time cur-neuron global <= svd-llm at 70% | - | **not measured** |" in comp
+
+
+def test_neuron_interpretability_section(data_dir: Path) -> None:
+    report(data_dir)
+    interp = (data_dir.parent / "interpretability.md").read_text()
+    assert "## Neuron CUR: which neurons each expert keeps" in interp
+    assert "- cur-neuron global keeps 60.0% of the experts' output energy with 25.0% of their neurons (2.40x a " \
+           "random choice; the top-k neurons by energy would hold 85.0%)." in interp
+    assert "| cur-neuron global | 70% | 0.250 | 1-3 | 0.600 | 0.250 | 0.850 | 0.500 | 0.200 |" in interp
+    assert "| cur-neuron | 70% | 0.250 | 2 | 0.600 |" in interp  # uniform: one k
+    assert "| cur-neuron | 50% | 70% | 0.750 | 0.000 | 75% |" in interp  # nesting across ratios
+    assert "- cur-neuron global: every neuron an expert keeps at one ratio is also kept at the next lower ratio" in interp
+    assert "indices of different experts are different units" in interp  # the cross-expert baseline, said so
+    assert "| cur-neuron | 0.400 (0.200) | 0.400 (0.200) |" in interp
+    # where the global budget goes: per layer share (k sum / neurons) and per expert k at 70%
+    assert "| layer 0 | 50% (2-6) | 25% (1-3) |" in interp and "| layer 1 | 50% (4-4) | 38% (3-3) |" in interp
+    assert "| layer 0 | 3 | 1 |" in interp
+    assert "the budget keeps 38% of the neurons of layer 1 and 25% of layer 0; one expert keeps 1 to 3" in interp
+    assert "| 70% | +0.80 | +0.80 |" in interp  # Spearman of k (3,1,2,2) with tokens and with output energy
+    assert "| cur-neuron / cur-neuron global | 70% | 0.600 | 0.250 |" in interp
+    # an interpret.json from before the neuron section: the page says so, no neuron figure
+    write_results(data_dir / "interpret.json", interpret_data(neurons=False))
+    out = report(data_dir)
+    interp = (data_dir.parent / "interpretability.md").read_text()
+    assert "Not measured in this file: rerun `python benchmarks/interpret.py`" in interp
+    assert not any("neuron" in Path(p).name for p in out["written"])
 
 
 def test_bad_results_files_give_clear_errors(tmp_path: Path) -> None:
@@ -172,6 +304,19 @@ def test_cli_report_and_provenance(data_dir: Path, capsys: pytest.CaptureFixture
     p = provenance([], script=str(ROOT / "benchmarks/gating.py"))
     assert p["command"] == "python benchmarks/gating.py"
     assert isinstance(p["uncommitted"], list) and isinstance(p["commit"], (str, type(None)))
+
+
+def test_provenance_outside_a_git_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the current folder is not a checkout
+    script = tmp_path / "bench.py"
+    script.write_text("")
+    p = provenance(["--x", "1"], script=str(script))
+    assert p["command"] == f"python {script} --x 1" or p["command"] == "python bench.py --x 1"
+    monkeypatch.setenv("PATH", str(tmp_path))  # and no git at all: no commit recorded, no error
+    p = provenance(["--x", "1"], script=str(script))
+    assert p["command"] == "python bench.py --x 1"
+    assert p["commit"] is None and p["uncommitted"] == []
+    assert {"utc", "python", "numpy", "machine"} <= p.keys()
 
 
 @pytest.mark.skipif(not (ROOT / "docs/results/data").is_dir(), reason="no committed results")

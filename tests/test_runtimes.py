@@ -22,8 +22,8 @@ from curmoe.runtimes import RuntimeNotAvailableError, generate, load, validate  
 from curmoe.runtimes.adapters.ort import PROVIDERS  # noqa: E402
 from curmoe.runtimes.generate import empty_cache  # noqa: E402
 from curmoe.runtimes.tolerances import TOLERANCES, tolerance_for  # noqa: E402
-from tests.babies import baby_model, random_ids  # noqa: E402
-from tests.test_onnx_export import VARIANTS, compressed  # noqa: E402
+from tests.babies import EXPORT_VARIANTS as VARIANTS  # noqa: E402
+from tests.babies import baby_model, compressed, random_ids  # noqa: E402
 
 #: registry names of the runtimes that run the curmoe ONNX export on this machine's CPU
 SHARED_RUNTIMES = [
@@ -56,11 +56,18 @@ def test_unknown_runtime_lists_known_ones(dense):
         load(dense[1], "tvm")
 
 
-def test_registered_names():
-    names = runtimes.names()
-    for n in ("onnxruntime:cpu", "onnxruntime:cuda", "onnxruntime:tensorrt", "onnxruntime:rocm", "onnxruntime:migraphx",
-              "onnxruntime:openvino", "onnxruntime:coreml", "onnxruntime:dml", "openvino:cpu", "coreml"):
-        assert n in names
+def test_every_registered_runtime_has_an_adapter_and_a_real_extra():
+    """A name in the registry leads to an adapter module that exists, and its install hint names a real extra."""
+    import importlib.metadata
+
+    from curmoe.runtimes import _registry
+
+    extras = set(importlib.metadata.metadata("curmoe").get_all("Provides-Extra") or ())
+    assert "onnxruntime:cpu" in runtimes.names()  # validate's default
+    for name in runtimes.names():
+        entry = _registry.REGISTRY[name]
+        assert importlib.util.find_spec(entry.module) is not None, (name, entry.module)
+        assert entry.extra in extras, (name, entry.extra)
 
 
 def test_unwritten_adapters_say_so(dense, monkeypatch):

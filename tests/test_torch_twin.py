@@ -22,8 +22,7 @@ from curmoe.models.twin._routers import hash_experts_torch  # noqa: E402
 from curmoe.reference._linear import CURLinear, SVDLinear  # noqa: E402
 from curmoe.routing._fixed import hash_experts  # noqa: E402
 from curmoe.routing._metrics import router_z_loss, switch_aux_loss  # noqa: E402
-from tests.babies import baby_model, random_ids  # noqa: E402
-from tests.test_model import VARIANTS  # noqa: E402
+from tests.babies import VARIANTS, baby_model, random_ids  # noqa: E402
 
 EXTRA = {
     "expert_choice": dict(router=dict(kind="expert_choice", capacity_factor=1.0)),
