@@ -20,6 +20,7 @@ The results file (``--out``, read by ``curmoe report``) is rewritten after every
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import shutil
 import sys
 import tempfile
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 t1 = time.perf_counter()
                 small, report = heal(small, model, calib)
-                row |= {"heal_s": round(time.perf_counter() - t1, 2), "heal": report.as_dict()}
+                row |= {"heal_s": round(time.perf_counter() - t1, 2),
+                        "heal": {k: v for k, v in asdict(report).items() if k not in ("history", "config")}}
             save(row | evaluate(small, f"{name}-{ratio}"))
     by = {(r["method"], r["ratio_target"]): r["compress_s"] for r in results["rows"]}
     for ratio in (float(x) for x in args.ratios.split(",")):

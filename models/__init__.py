@@ -35,3 +35,7 @@ __all__ += ["from_hf", "convert"]
 _LAZY.update({name: "curmoe.models.twin" for name in ("TorchMoE", "TorchKVCache", "TrainOutput", "load_torch",
                                                              "train_only_u")})
 __all__ += ["TorchMoE", "TorchKVCache", "TrainOutput", "load_torch", "train_only_u"]
+
+# --- healing after compression (torch on first use) ---
+_LAZY.update({name: "curmoe.models.healing" for name in ("heal", "HealConfig", "HealReport")})
+__all__ += ["heal", "HealConfig", "HealReport"]

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 import curmoe
 from curmoe.common.errors import InvalidInputError
-from curmoe.models.heal import HealConfig, HealReport, heal, trainable_parts
+from curmoe.models.healing import HealConfig, HealReport, heal, trainable_parts
 from curmoe.reference import NeuronLinear
 from tests.babies import baby_model, random_ids
 
