@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="docs/results/data/interpret.json")
     args = p.parse_args(argv)
+    prov = provenance(argv)  # the tree the run starts from (a long run outlives commits made meanwhile)
     model_dir = args.model or shipped_model_dir()
     model = curmoe.load(model_dir)
     cfg = model.config
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                              "col_energy": en[k][0].tolist(), "row_energy": en[k][1].tolist(),
                              "kept": {f"{m}@{r}": {"cols": kept[m, r][k][0].tolist(), "rows": kept[m, r][k][1].tolist()}
                                       for (m, r) in kept}})
-    results = {"provenance": provenance(argv), "model": Path(str(model_dir)).name, "ratios": ratios,
+    results = {"provenance": prov, "model": Path(str(model_dir)).name, "ratios": ratios,
                "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "compress_s": timings,
                "rows": energy_rows, "jaccard": jaccard_rows, "nesting": nesting_rows, "featured": featured} | neurons
     write_results(args.out, results)

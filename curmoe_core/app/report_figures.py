@@ -15,9 +15,11 @@ from curmoe.common.errors import require
 from curmoe.common.io import atomic_write
 
 __all__ = ["compression_figure", "gating_figure", "runtime_figure", "profile_figure", "jaccard_figure",
-           "ratio_figure"]
+           "ratio_figure", "neuron_profile_figure", "neuron_k_figure"]
 
-METHOD_ORDER = ("svd-llm", "svd", "cur-deim aware", "cur-deim", "cur-leverage", "cur-seed (poster)")
+METHOD_ORDER = ("cur-neuron global", "cur-neuron", "cur-neuron global seq", "svd-llm", "svd-llm global", "svd-llm seq",
+                "svd", "cur-deim whitened", "cur-deim aware", "cur-deim", "cur-leverage", "cur-seed (poster)")
+HEAL = " +heal"
 
 
 def _plt() -> Any:
@@ -35,25 +37,37 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def compression_figure(data: dict[str, Any], path: Path, split: str = "test") -> Path:
-    """Perplexity relative to the dense model against the share of expert parameters removed, per method."""
+    """Perplexity relative to the dense model against the share of expert parameters removed, per method; the
+    healed (``+heal``) rows, if any, in a second panel beside the one-shot rows."""
     plt = _plt()
     rows = data["rows"]
     dense = next(r for r in rows if r["method"] == "dense")[split]["ppl_token"]  # validated by the report
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
-    methods += sorted({r["method"] for r in rows} - set(methods) - {"dense"})
-    for m in methods:
-        pts = sorted((r["ratio_expert_params"], r[split]["ppl_token"] / dense) for r in rows if r["method"] == m)
-        x, y = zip(*pts)
-        ax.plot(np.array(x) * 100, y, marker="o", label=m, ls="--" if m.startswith("svd") else "-")
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("expert parameters removed (%)")
-    ax.set_ylabel(f"WikiText-2 {split} perplexity / dense")
-    ax.set_title(f"Compression quality (dense {split} ppl {dense:.2f})")
-    ax.grid(True, which="both", alpha=0.3)
-    if methods:
-        ax.legend(fontsize=8)
+    healed = [r for r in rows if r["method"].endswith(HEAL)]
+    panels = [("one-shot", [r for r in rows if not r["method"].endswith(HEAL) and r["method"] != "dense"])]
+    if healed:
+        panels.append(("healed", healed))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), squeeze=False, sharex=True)
+    for ax, (title, sel) in zip(axes[0], panels):
+        names = {r["method"] for r in sel}
+        methods = [m for m in METHOD_ORDER if m in names] + [m + HEAL for m in METHOD_ORDER if m + HEAL in names]
+        methods += sorted(names - set(methods))
+        for m in methods:
+            pts = sorted((r["ratio_expert_params"], r[split]["ppl_token"] / dense) for r in sel if r["method"] == m)
+            x, y = zip(*pts)
+            base = m.removesuffix(HEAL)
+            ax.plot(np.array(x) * 100, y, marker="o" if base.startswith("cur") else "s", label=m,
+                    ls="--" if base.startswith("svd") else ":" if base.endswith(" seq") else "-")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("expert parameters removed (%)")
+        ax.set_title(f"{title} (dense {split} ppl {dense:.2f})", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if methods:
+            ax.legend(fontsize=7)
+    for ax in axes[0]:
+        ax.set_ylabel(f"WikiText-2 {split} perplexity / dense")
+    fig.suptitle("Compression quality (CUR: circles, solid; SVD: squares, dashed; sequential: dotted)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -182,4 +196,84 @@ def ratio_figure(data: dict[str, Any], path: Path,
         axes[mi, 0].set_ylabel("removed", fontsize=8)
     fig.suptitle("Kept sets as the ratio grows (black = kept)", fontsize=9)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _neuron_sets(data: dict[str, Any], layer: int, expert: int) -> dict[tuple[str, float], np.ndarray]:
+    return {(r["method"], r["ratio"]): np.asarray(r["neurons"], dtype=int) for r in data["neuron_kept"]
+            if r["layer"] == layer and r["expert"] == expert}
+
+
+def neuron_profile_figure(data: dict[str, Any], path: Path, ratio: float = 0.7) -> Path:
+    """Per featured expert: neuron output energies sorted with the neurons each neuron-CUR method keeps at
+    ``ratio``, and, per method, the kept sets at every ratio (neurons sorted by energy; black = kept)."""
+    plt = _plt()
+    feats = data["neuron_featured"]
+    methods = data["neuron_methods"]
+    ratios = sorted({r["ratio"] for r in data["neuron_rows"]})
+    fig, axes = plt.subplots(len(feats), 1 + len(methods), figsize=(4.2 * (1 + len(methods)), 2.1 * len(feats)),
+                             squeeze=False)
+    colors = ("tab:orange", "tab:blue", "tab:green", "tab:red")
+    for row_axes, f in zip(axes, feats):
+        e = np.asarray(f["energy"])
+        order = np.argsort(-e)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(e))
+        sets = _neuron_sets(data, f["layer"], f["expert"])
+        ax = row_axes[0]
+        ax.semilogy(np.arange(len(e)), np.maximum(e[order], np.finfo(float).tiny), color="0.6", lw=1)
+        for j, m in enumerate(methods):
+            kept = sets.get((m, ratio))
+            if kept is not None:
+                ax.scatter(rank[kept], e[kept] * 1.35 ** (j - (len(methods) - 1) / 2), s=5, color=colors[j % 4],
+                           label=f"{m} ({len(kept)})")
+        ax.set_title(f"layer {f['layer']} expert {f['expert']}: output energy, kept at {int(ratio * 100)}%",
+                     fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+        for ax, m in zip(row_axes[1:], methods):
+            grid = np.zeros((len(ratios), len(e)))
+            for i, x in enumerate(ratios):
+                if (m, x) in sets:
+                    grid[i, rank[sets[m, x]]] = 1
+            ax.imshow(grid, aspect="auto", cmap="Greys", interpolation="nearest")
+            ax.set_yticks(range(len(ratios)), [f"{round(x * 100)}%" for x in ratios], fontsize=7)
+            ax.set_title(f"{m}: kept neurons per ratio", fontsize=8)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("neuron, sorted by output energy", fontsize=7)
+    fig.suptitle("Neuron CUR: kept neurons against output energy diag(H)_j ||W_down[:, j]||^2 (marks offset for "
+                 "legibility)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def neuron_k_figure(data: dict[str, Any], path: Path, method: str = "cur-neuron global") -> Path:
+    """Neurons each expert keeps under one global budget: a layer x expert map per ratio."""
+    plt = _plt()
+    kept = [r for r in data["neuron_kept"] if r["method"] == method]
+    ratios = sorted({r["ratio"] for r in kept})
+    layers = sorted({r["layer"] for r in kept})
+    experts = sorted({r["expert"] for r in kept})
+    of = max(r["of"] for r in kept)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(0.42 * len(experts) * len(ratios) + 1.8,
+                                                     0.42 * len(layers) + 1.6), squeeze=False)
+    im = None
+    for n, (ax, x) in enumerate(zip(axes[0], ratios)):
+        grid = np.full((len(layers), len(experts)), np.nan)
+        for r in kept:
+            if r["ratio"] == x:
+                grid[layers.index(r["layer"]), experts.index(r["expert"])] = r["k"]
+        im = ax.imshow(grid, vmin=0, vmax=of, cmap="viridis", aspect="auto")
+        for i in range(len(layers)):
+            for j in range(len(experts)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{int(grid[i, j])}", ha="center", va="center", fontsize=6,
+                            color="w" if grid[i, j] < of / 2 else "k")
+        ax.set_title(f"{round(x * 100)}% removed (uniform k {int((1 - x) * of + 1e-9)})", fontsize=8)
+        ax.set_xticks(range(len(experts)), [str(e) for e in experts], fontsize=7)
+        ax.set_yticks(range(len(layers)), [f"layer {layer}" for layer in layers] if n == 0 else [], fontsize=7)
+        ax.set_xlabel("expert", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.8, label=f"neurons kept (of {of})")
+    fig.suptitle(f"Neurons kept per expert under one global budget ({method})", fontsize=9)
     return _save(fig, path)
