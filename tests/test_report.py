@@ -56,7 +56,8 @@ def compression_data() -> dict:
                          heal_s=60.0, heal={"kl_before": 0.25, "kl_after": 0.125, "steps": 40,
                                             "trainable_params": 12345}))
     return {"provenance": _prov("python benchmarks/compression.py"), "model": "m", "n_params": 1_000_000,
-            "splits": ["valid", "test"], "prompts": ["The", "In"], "sample_tokens": 2, "rows": rows}
+            "splits": ["valid", "test"], "eval_tokens": "first 4096 of each split", "prompts": ["The", "In"],
+            "sample_tokens": 2, "rows": rows}
 
 
 def gating_data() -> dict:
@@ -169,6 +170,7 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
            "(70%: 1.15x -> 1.18x)." in comp
     assert "- Healing for cur-neuron global: lower test perplexity at 1 of 1 ratios (70%: 1.15x -> 1.08x)." in comp
     assert "- Issue 12 targets: 5 met, 5 missed, 2 not measured" in comp
+    assert "on the first 4096 of each split (a prefix, the same for every row" in comp
     assert "`python benchmarks/compression.py` at commit `abc1234`" in comp
     assert "best one-shot method chosen on valid is **cur-neuron global seq** at 1.18x" in comp
     assert "x \\| y" in comp  # a '|' in a sample cannot break the Markdown
@@ -233,13 +235,14 @@ def test_issue_12_targets_are_computed_from_the_rows() -> None:
 
 def test_old_compression_files_still_render(tmp_path: Path) -> None:
     """Rows from before bytes_on_disk, calibration and healing: "-" for the missing fields, targets still computed."""
-    data = compression_data()
+    data = {k: v for k, v in compression_data().items() if k != "eval_tokens"}
     data["rows"] = [{k: v for k, v in r.items() if k not in ("bytes_on_disk", "calibration")} for r in data["rows"]
                     if r["method"] in ("dense", "svd-llm", "svd", "cur-deim aware")]
     write_results(tmp_path / "data" / "compression.json", data)
     report(tmp_path / "data")
     comp = (tmp_path / "compression.md").read_text()
     assert "| dense | - | 0.0% | 0.0% | 1.00 M | - | 0.000 |" in comp
+    assert "on the full splits." in comp
     assert "## Healed" not in comp
     assert "| best interpretable one-shot <= 1.20x at 70% | cur-deim aware: 8.00x | **missed** |" in comp
     assert "| compress time cur-neuron global <= svd-llm at 70% | - | **not measured** |" in comp

@@ -345,6 +345,13 @@ def _method_legend(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _eval_tokens(data: dict[str, Any]) -> str:
+    what = data.get("eval_tokens", "all")
+    return ("the full splits" if what == "all" else
+            f"the {what} (a prefix, the same for every row: compare rows and ratios to dense, not with full-split "
+            "numbers elsewhere)")
+
+
 def compression_page(data: dict[str, Any], fig: str) -> str:
     dense, rows = _compression_rows(data)
     one = [r for r in rows if not _healed(r)]
@@ -364,7 +371,7 @@ def compression_page(data: dict[str, Any], fig: str) -> str:
         "error**: mean over expert matrices of the relative output error on each expert's routed calibration "
         "tokens. **Compress s**: wall time of `curmoe.compress`, including its calibration pass, on a machine "
         "shared with other jobs. Perplexity through ONNX Runtime CPU, context 256, non-overlapping windows "
-        "(protocol: docs/perplexity.md). The one-shot rows have no fine-tuning; healed rows (`+heal`: only the "
+        f"(protocol: docs/perplexity.md), on {_eval_tokens(data)}. The one-shot rows have no fine-tuning; healed rows (`+heal`: only the "
         "non-interpretable small parts trained, KL to the dense model on held-out calibration text, never on "
         "valid or test) are kept in their own table.", "",
         "Methods:", "", _method_legend(rows), "",
