@@ -4,14 +4,17 @@ A runtime passes :func:`curmoe.runtimes.validate` when, against the float64 NumP
 
 - ``max_rel_err = max |z_rt - z_ref| / max |z_ref|`` over the real tokens of every sequence whose routing agreed
   with the reference (full prompts, padded batches and cached decode steps) is at most ``max_rel_err``;
-- the routing agreement (share of (token, MoE layer) pairs whose selected expert set is identical) is at least
-  ``routing_agreement``;
+- the runtime's router logits, as values, are within ``max_rel_err`` of the reference's, and every routing flip is a
+  near tie (reference margin <= 2x the runtime's score error; see :mod:`curmoe.runtimes.validate`); the routing
+  agreement itself is reported, and ``routing_agreement`` below is the share a healthy export keeps in practice
+  (kept for reports; flips are judged by their margins, not counted);
 - the perplexity ratio on the token sample satisfies ``|ppl_rt / ppl_ref - 1| <= ppl_rel``.
 
 float32: a float32 forward pass differs from float64 by ~1e-6 of the logit scale on the test models (measured
-6e-7 to 2e-6, perplexity ratio <= 2e-7) and the error grows with depth and width; 2e-4 leaves room for 30-60 layer
-models and fused kernels (other summation orders) while any real bug (a wrong sign, position, gate or mask) costs
-> 1e-2. A router near-tie can flip an expert in float32; 0.995 allows one flip in 200 routing decisions.
+5e-7 to 2e-6, perplexity ratio <= 2e-7; 1e-6 on the 805 M-parameter OLMoE-shaped model of issue 19). 3e-5 leaves
+15-60x room for depth and fused kernels (other summation orders) and still fails one expert matrix of 64 perturbed
+by 1% (7e-5 to 1.3e-4 measured on the OLMoE-shaped baby, tests/test_real_shapes.py); the former 2e-4 let that
+corruption pass. Any grosser bug (a wrong sign, position, gate or mask) costs > 1e-2. A router near-tie can flip an expert in float32 (with 64 experts and top-8, often): judged by margin.
 float16: 10-bit mantissa, ~5e-4 relative per operation accumulated over the layers; measured 2e-3 to 7e-3 of the
 logit scale and perplexity ratio <= 3.2e-4 on the test models (2 layers), so 3e-2 and 1e-2 leave room for deeper
 models; agreement 0.97 (one test sequence showed 1 flip in 260 decisions).
@@ -38,7 +41,7 @@ class Tolerance:
 
 
 TOLERANCES: dict[str, Tolerance] = {
-    "float32": Tolerance(max_rel_err=2e-4, routing_agreement=0.995, ppl_rel=1e-4),
+    "float32": Tolerance(max_rel_err=3e-5, routing_agreement=0.995, ppl_rel=1e-4),
     "float16": Tolerance(max_rel_err=3e-2, routing_agreement=0.97, ppl_rel=1e-2),
 }
 

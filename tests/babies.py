@@ -38,6 +38,11 @@ VARIANTS = {
     "sigmoid_bias": dict(router=dict(kind="sigmoid_bias", routed_scaling=2.5)),
     "hash": dict(router=dict(kind="hash", top_k=1)),
     "switch": dict(router=dict(kind="switch", top_k=1, capacity_factor=1.0)),
+    # real layer shapes at baby width (issue 19): OLMoE's head_dim 128, MHA, 64 experts top-8, full q/k norm;
+    # Mixtral's head_dim 128, GQA 4:1 (32/8), 8 experts top-2
+    "olmoe_shape": dict(d_model=32, n_heads=2, n_kv_heads=None, head_dim=128, qk_norm="full",
+                        moe=dict(n_experts=64, d_ff=8), router=dict(normalize=False, top_k=8)),
+    "mixtral_shape": dict(d_model=32, n_heads=4, n_kv_heads=1, head_dim=128, moe=dict(n_experts=8, d_ff=16)),
 }
 
 # The variants the exporters and runtimes run: the shared ones with the hash router at top_k=2 (exercises the

@@ -47,3 +47,42 @@ def test_left_padded_batch_is_thread_safe_with_many_experts(tmp_path):
         for _ in range(15):
             got = sess.run(["logits"], {"input_ids": pad_ids.astype(np.int64), "attention_mask": mask})[0]
             np.testing.assert_allclose(got[real], want[real], rtol=0, atol=F32_REL * np.abs(want).max())
+
+
+def test_flip_classification():
+    from curmoe.runtimes.validate import classify_flips, flip_margins
+
+    sel = np.array([[True, True, False, False], [True, False, True, False]])
+    score = np.array([[3.0, 2.0, 1.999, 0.0], [5.0, 1.0, 4.0, 0.0]])
+    margin = flip_margins(sel, score)
+    np.testing.assert_allclose(margin, [0.001, 3.0])
+    flipped = np.array([True, True])
+    delta = np.array([1e-3, 1e-3])
+    np.testing.assert_array_equal(classify_flips(flipped, margin, delta, ranking=True), [True, False])
+    assert not classify_flips(flipped, margin, delta, ranking=False).any()  # hash / expert_choice: all hard
+
+
+@pytest.mark.parametrize("variant", ["olmoe_shape", "mixtral_shape"])
+def test_validation_is_decisive_at_real_shapes(tmp_path, variant):
+    """A correct export passes on every seed; the same export judged against a reference with one expert matrix
+    perturbed by 1% (a corrupted export) fails on every seed."""
+    from curmoe.reference import DenseLinear
+    from curmoe.runtimes import validate
+
+    model = baby_model(dtype=np.float32, std=0.2, **VARIANTS[variant])
+    path = export(model, OnnxExportConfig(), tmp_path / "m.onnx")
+    key = "layers.1.experts.3.up"
+    bad = curmoe_model_with(model, key, DenseLinear(model.experts[key].W * np.float32(1.01)))
+    for seed in range(3):
+        good = validate(path, model, "onnxruntime:cpu", seed=seed)
+        assert good.passed, good.failures
+        wrong = validate(path, bad, "onnxruntime:cpu", seed=seed)
+        assert not wrong.passed and any("max_rel_err" in f for f in wrong.failures), wrong.failures
+
+
+def curmoe_model_with(model, key, lin):
+    import curmoe
+
+    experts = dict(model.experts)
+    experts[key] = lin
+    return curmoe.Model(model.config, model.tensors, experts)

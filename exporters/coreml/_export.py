@@ -36,6 +36,7 @@ from coremltools.converters.mil.mil import get_new_symbol, types
 
 import curmoe
 from curmoe.common.errors import InvalidInputError
+from curmoe.exporters._checks import check_exportable
 from curmoe.exporters.coreml._attention import attention, prologue
 from curmoe.exporters.coreml._config import CoreMLExportConfig
 from curmoe.exporters.coreml._moe import dense_ffn, moe_layer
@@ -54,16 +55,7 @@ def _target(config: CoreMLExportConfig) -> Any:
 
 
 def _check(model: Model, config: CoreMLExportConfig) -> None:
-    if not isinstance(model, Model):
-        raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
-    if not isinstance(config, CoreMLExportConfig):
-        raise InvalidInputError(f"config must be a CoreMLExportConfig, got {type(config).__name__}")
-    cfg = model.config
-    if any(cfg.layer_type(l) == "moe" for l in range(cfg.n_layers)) and cfg.moe.router.kind == "random":
-        raise InvalidInputError(
-            "router kind='random' has no Core ML export (its draws depend on NumPy's generator per routing group); "
-            "export a model with a topk, switch, hash, sigmoid_bias or expert_choice router"
-        )
+    cfg = check_exportable(model, config, CoreMLExportConfig, "Core ML").config
     if cfg.vocab_size > 2**31 - 1:
         raise InvalidInputError(f"vocab_size={cfg.vocab_size} does not fit the int32 input_ids of a Core ML model")
 

@@ -40,6 +40,7 @@ from curmoe.common.errors import (
     DecodingNotSupportedError,
     InvalidInputError,
 )
+from curmoe.exporters._checks import check_exportable
 from curmoe.exporters.onnx._attention import attention, prologue, rms_norm
 from curmoe.exporters.onnx._config import EXTERNAL_DATA_BYTES, OnnxExportConfig
 from curmoe.exporters.onnx._graph import GraphBuilder
@@ -53,22 +54,13 @@ log = logging.getLogger(__name__)
 
 
 def _check(model: Model, config: OnnxExportConfig) -> None:
-    if not isinstance(model, Model):
-        raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
-    if not isinstance(config, OnnxExportConfig):
-        raise InvalidInputError(f"config must be an OnnxExportConfig, got {type(config).__name__}")
-    cfg = model.config
+    cfg = check_exportable(model, config, OnnxExportConfig, "ONNX").config
     moe_layers = [l for l in range(cfg.n_layers) if cfg.layer_type(l) == "moe"]
     kind = cfg.moe.router.kind
     if moe_layers and kind == "expert_choice" and config.with_cache:
         raise DecodingNotSupportedError(
             "router kind='expert_choice' is non-causal (each expert ranks the whole sequence), so it has no "
             "KV-cache decoding graph; export the full-sequence graph with OnnxExportConfig(with_cache=False)"
-        )
-    if moe_layers and kind == "random":
-        raise InvalidInputError(
-            "router kind='random' has no ONNX export (its draws depend on NumPy's generator per routing group); "
-            "export a model with a topk, switch, hash, sigmoid_bias or expert_choice router"
         )
     if config.fused_moe and moe_layers:
         why = fused_applies(cfg)
