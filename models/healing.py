@@ -195,7 +195,10 @@ def _rebuild(key: str, compressed: curmoe.Model, trained: dict[str, torch.Tensor
     lin = compressed.experts[key]
 
     def arr(name: str, like: np.ndarray) -> np.ndarray:
-        return trained[f"{key}.{name}"].cpu().numpy().astype(like.dtype)
+        a = trained[f"{key}.{name}"].cpu().numpy()
+        if compressed.storage_dtype is not None:  # what the checkpoint will hold (e.g. float16), so memory == file
+            a = a.astype(compressed.storage_dtype)
+        return a.astype(like.dtype)
 
     if isinstance(lin, CURLinear):
         return CURLinear(lin.C, arr("U", lin.U), lin.R, lin.rows, lin.cols)
@@ -328,7 +331,7 @@ def heal(compressed: curmoe.Model, dense: curmoe.Model, calib_ids: np.ndarray,
     record = json.loads(json.dumps(asdict(report)))
     compression = dict(compressed.config.compression or {}) | {"healing": record}
     healed = curmoe.Model(replace(compressed.config, compression=compression), dict(compressed.tensors), experts,
-                          compressed.tokenizer_path)
+                          compressed.tokenizer_path, compressed.storage_dtype)
     log.info("healed in %d steps (best %d, %s): held-out KL %.5f -> %.5f, %.1f s", step, best_step, stopped, kl0,
              best, report.time_s)
     return healed, report

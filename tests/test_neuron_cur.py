@@ -225,3 +225,18 @@ def test_expert_without_routed_tokens_falls_back_and_says_so():
     rec = small.config.compression
     assert rec["fallback_matrices"], "experts with < min_tokens routed tokens use the layer-wide statistics"
     assert all(rec["matrices"][k]["stats"] == "layer" for k in rec["fallback_matrices"])
+
+
+def test_compressed_model_in_memory_equals_its_float16_file(tmp_path):
+    """A float16 checkpoint computes in float32 but is saved as float16: compress rounds the new factors through
+    float16, so the model it returns computes exactly what its saved file holds."""
+    model = baby_model(dtype=np.float32)
+    half = tmp_path / "half"
+    curmoe.Model(model.config, {k: v.astype(np.float16) for k, v in model.tensors.items()},
+                 {k: v.astype(np.float16) for k, v in model.experts.items()}).save(half)
+    m16 = curmoe.load(half)
+    for cfg in (curmoe.NeuronConfig(ratio=0.5), curmoe.SVDConfig(ratio=0.5, activation_aware=True)):
+        small = curmoe.compress(m16, cfg, calib_ids=_calib(model), progress=False)
+        back = curmoe.load(small.save(tmp_path / cfg.method))
+        ids = random_ids(model, 2, 6)
+        np.testing.assert_array_equal(back.forward(ids), small.forward(ids))

@@ -41,6 +41,22 @@ SOURCES = {
     "runtime": ("runtime.json", "python benchmarks/runtime.py --json-file docs/results/data/runtime.json"),
     "interpret": ("interpret.json", "python benchmarks/interpret.py"),
 }
+# Healed rows may come from a second run of benchmarks/compression.py (--methods "... +heal"), merged into the
+# compression page when present.
+HEALING = ("healing.json", 'python benchmarks/compression.py --methods "cur-neuron global +heal,svd-llm +heal,'
+                           'svd-llm global +heal" --out docs/results/data/healing.json')
+
+
+def merge_healing(comp: dict[str, Any], heal: dict[str, Any]) -> dict[str, Any]:
+    """The compression results with the healed rows of a second run appended (same protocol: its dense row must
+    equal the first run's, or the multiples would not compare)."""
+    dense = [next((r for r in d["rows"] if r["method"] == "dense"), None) for d in (comp, heal)]
+    splits = [s for s in comp.get("splits", []) if dense[0] and dense[1] and s in dense[0] and s in dense[1]]
+    if not splits or any(abs(dense[0][s]["ppl_token"] / dense[1][s]["ppl_token"] - 1) > 1e-6 for s in splits):
+        raise InvalidInputError("healing.json's dense row differs from compression.json's (another model, prefix or "
+                                "data?); rerun both with the same options")
+    rows = comp["rows"] + [r for r in heal["rows"] if r["method"].endswith("+heal")]
+    return comp | {"rows": rows, "healing_provenance": heal["provenance"]}
 README_BEGIN = "<!-- results:begin (written by curmoe report; edits here are overwritten) -->"
 README_END = "<!-- results:end -->"
 
@@ -381,6 +397,9 @@ def compression_page(data: dict[str, Any], fig: str) -> str:
         "## One-shot (no healing)", "",
         compression_table(data), "",
         _source(data, "compression.json"), "",
+        *([_source({"provenance": data["healing_provenance"]}, "healing.json")
+           + " (the healed rows: a separate run of the same script and protocol; its dense row matched).", ""]
+          if "healing_provenance" in data else []),
         "Test perplexity / dense, per method and target ratio:", "",
         multiples_table(data), "",
     ]
@@ -898,6 +917,8 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
                                 "--data DIR")
     results = {name: read_results(data_dir / file) for name, (file, _) in SOURCES.items()
                if (data_dir / file).exists()}
+    if "compression" in results and (data_dir / HEALING[0]).exists():
+        results["compression"] = merge_healing(results["compression"], read_results(data_dir / HEALING[0]))
     missing = [n for n in SOURCES if n not in results]
     for n in missing:
         log.warning("no %s results (%s); its page says how to make them", n, SOURCES[n][0])

@@ -162,6 +162,14 @@ def _allocate(model: Model, config: Config, calib: Calibration | None, units: di
     raise InvalidInputError(f"allocation='global' is not offered for {type(config).__name__}")
 
 
+def _stored(lin: Linear, model: Model) -> Linear:
+    """``lin`` in the compute dtype, rounded through the storage dtype first (a float16 checkpoint computes in
+    float32 but is saved as float16): the compressed model in memory computes exactly what its file will hold."""
+    if model.storage_dtype is not None and model.storage_dtype != model.dtype:
+        lin = lin.astype(model.storage_dtype)
+    return lin.astype(model.dtype)
+
+
 def _compress_unit(model: Model, config: Config, method: _Method, unit: str, lc: LayerCalibration | None,
                    size: int | None, order: np.ndarray | None) -> tuple[dict[str, Linear], dict[str, dict[str, Any]]]:
     """Compress one matrix or expert of the dense ``model``; returns its new Linears and per-matrix records."""
@@ -172,7 +180,7 @@ def _compress_unit(model: Model, config: Config, method: _Method, unit: str, lc:
         if rec.get("output_error") is None and stats is not None:
             rec["output_error"] = stats.output_error(W, lin.dense())
         n_tok = None if stats is None else int(stats.n_tokens)
-        return {unit: lin.astype(model.dtype)}, {unit: rec | {"stats": source, "n_tokens": n_tok}}
+        return {unit: _stored(lin, model)}, {unit: rec | {"stats": source, "n_tokens": n_tok}}
     assert lc is not None  # expert methods are activation-aware
     mats = {n: model.experts[f"{unit}.{n}"] for n in ("gate", "up", "down") if f"{unit}.{n}" in model.experts}
     stats, source = _hidden_stats(config)(lc, model, unit)  # type: ignore[arg-type]
@@ -182,7 +190,7 @@ def _compress_unit(model: Model, config: Config, method: _Method, unit: str, lc:
     recs = {f"{unit}.{n}": {"kind": "neuron", "role": lin.role, "n_neurons": int(k)} for n, lin in new.items()}
     recs[f"{unit}.down"] |= {"neurons": rec["neurons"], "output_error": rec["output_error"], "stats": source,
                             "n_tokens": int(stats.n_tokens)}
-    return {f"{unit}.{n}": lin.astype(model.dtype) for n, lin in new.items()}, recs
+    return {f"{unit}.{n}": _stored(lin, model) for n, lin in new.items()}, recs
 
 
 _SPEC_KEYS = ("kind", "rank", "n_cols", "folded", "n_neurons", "role")
