@@ -62,11 +62,7 @@ def test_compress_export_validate_eval_generate(model_dir, tmp_path, capsys):
     assert gen_ref["completion"] == gen_ort["completion"]  # greedy: reference and ORT agree
 
 
-def test_eval_reference_and_runtime_agree(model_dir, tmp_path, capsys):
-    try:
-        curmoe.data_dir()
-    except curmoe.DataNotFoundError:
-        pytest.skip("WikiText-2 not available (set CURMOE_DATA_DIR)")
+def test_eval_reference_and_runtime_agree(model_dir, tmp_path, capsys, wikitext2):
     code, ref = run_json(capsys, "eval", str(model_dir), "--split", "valid", "--max-tokens", "300")
     assert code == 0
     for k in ("ppl_token", "ppl_word", "tokens", "protocol"):

@@ -33,3 +33,26 @@ def test_compare_runs_every_method_and_orders_errors_sensibly():
     assert by["deim-aware"].output_error < by["deim"].output_error
     table = format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| 0.50 | seed |" in table
+
+
+def test_model_demo_runs_the_main_job_end_to_end(tmp_path):
+    """`curmoe demo`'s model stage (the README's main job) on the shipped tiny model: neuron-CUR compression,
+    ONNX export, validation on every runtime here, perplexity and text (the built-in sample text keeps it short)."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tokenizers")
+    from curmoe.app.demo import format_model_demo, model_demo, shipped_model_dir
+
+    out = model_demo(shipped_model_dir("wt2-moe-tiny"), ratios=(0.7,), data_dir=str(tmp_path / "no-data"),
+                     workdir=tmp_path / "work")
+    rows = {r["model"]: r for r in out["rows"]}
+    assert set(rows) == {"dense", "cur-neuron70"}
+    assert rows["cur-neuron70"]["ratio_expert_params"] >= 0.7 - 1e-9
+    for r in rows.values():
+        assert r["validation"]["onnxruntime:cpu"]["passed"], r["validation"]
+        assert np.isfinite(r["ppl"]["ppl_token"]) and len(r["samples"]) == 2
+    assert rows["cur-neuron70"]["ppl"]["ppl_token"] > rows["dense"]["ppl"]["ppl_token"] * 0.9
+    assert "built-in sample" in out["eval_split"]
+    table = format_model_demo(out)
+    assert "| cur-neuron70 |" in table and "PASS" in table

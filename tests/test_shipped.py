@@ -40,12 +40,8 @@ def test_tiny_model_twin_and_onnx_agree_with_reference(tmp_path):
     assert rep.passed, rep.failures
 
 
-def test_tiny_model_is_a_language_model():
+def test_tiny_model_is_a_language_model(wikitext2):
     pytest.importorskip("tokenizers")
-    try:
-        curmoe.data_dir()
-    except curmoe.DataNotFoundError:
-        pytest.skip("WikiText-2 not available (set CURMOE_DATA_DIR)")
     from curmoe.runtimes import load
     from curmoe.runtimes.evaluate import evaluate_wikitext2
 
