@@ -240,3 +240,17 @@ def test_compressed_model_in_memory_equals_its_float16_file(tmp_path):
         back = curmoe.load(small.save(tmp_path / cfg.method))
         ids = random_ids(model, 2, 6)
         np.testing.assert_array_equal(back.forward(ids), small.forward(ids))
+
+
+@pytest.mark.parametrize("dispatch, dtype", [("dense", "float32"), ("sparse", "float16"), ("dense", "float16")])
+def test_onnx_dispatch_and_dtype_variants_validate(tmp_path, dispatch, dtype):
+    pytest.importorskip("onnxruntime")
+    from curmoe.exporters import OnnxExportConfig, export
+    from curmoe.runtimes import validate
+
+    model = baby_model(dtype=np.float32, **VARIANTS["qwen2_moe"])
+    small = curmoe.compress(model, curmoe.NeuronConfig(ratio=0.5, allocation="global", include_shared=True),
+                            calib_ids=_calib(model), progress=False)
+    path = export(small, OnnxExportConfig(dispatch=dispatch, dtype=dtype), tmp_path / "n.onnx")
+    report = validate(path, small, "onnxruntime:cpu")
+    assert report.passed, report.failures
