@@ -44,6 +44,49 @@ def _load_calib(spec: str | None, model: Any, data_dir: str | None, n_tokens: in
     return calibration_ids(spec, model, data_dir=data_dir, n_tokens=n_tokens)
 
 
+def _check_parent(out: Any) -> None:
+    """Refuse an output path below a file (``some/file.onnx/x.onnx``): say so instead of a FileExistsError."""
+    from curmoe.common.errors import InvalidInputError
+
+    for d in out.parents:
+        if d.exists() or d.is_symlink():
+            if not d.is_dir():
+                raise InvalidInputError(f"cannot write {str(out)!r}: {str(d)!r} is a file, not a folder; "
+                                        "choose another -o")
+            return
+
+
+def _check_outputs(paths: Sequence[Any], force: bool) -> None:
+    """Refuse to overwrite any of ``paths`` unless ``--force``."""
+    from curmoe.common.errors import InvalidInputError
+
+    for p in paths:
+        _check_parent(p)
+        if (p.exists() or p.is_symlink()) and not force:
+            raise InvalidInputError(f"{str(p)!r} already exists; pass --force to replace it, or choose another -o")
+
+
+def _check_model_output(output: str, force: bool) -> None:
+    """A model directory output: refuse an existing one unless ``--force``; never replace a file or a folder that
+    is not a curmoe model directory (--force or not), so a typo cannot delete a file or someone's folder."""
+    from pathlib import Path
+
+    from curmoe.common.errors import InvalidInputError
+
+    out = Path(output)
+    _check_parent(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise InvalidInputError(f"{output!r} is a file, and the output is a model directory; remove it or choose "
+                                "another -o (--force replaces only an existing curmoe model directory)")
+    if not (out / "config.json").is_file():
+        raise InvalidInputError(f"{output!r} is a folder but not a curmoe model directory (no config.json); "
+                                "refusing to replace it: choose another -o")
+    if not force:
+        raise InvalidInputError(f"{output!r} already exists; pass --force to replace it, or choose another -o")
+
+
 # compress ---------------------------------------------------------------------------------------------------
 METHOD_HELP = {
     "cur-neuron": "neuron CUR (default, interpretable): keep real expert neurons, refit W_down; needs --calib",
@@ -74,7 +117,8 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-shared", action="store_true", help="compress shared experts too")
     p.add_argument("--fold-u", action="store_true", help="cur: fold U into C (C then holds no real columns)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("-o", "--output", required=True, help="output model directory")
+    p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory at -o")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
 
 
@@ -101,6 +145,7 @@ def _compress(args: argparse.Namespace) -> int:
     import curmoe
 
     _compress_config(args, aware=args.calib is not None)  # fail on bad options before loading or calibrating
+    _check_model_output(args.output, args.force)
     model = curmoe.load(args.model_dir)
     calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
     cfg = _compress_config(args, aware=calib is not None)
@@ -126,14 +171,16 @@ _compress.configure = _configure_compress  # type: ignore[attr-defined]
 
 # convert ----------------------------------------------------------------------------------------------------
 def _configure_convert(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hf_model_dir")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("hf_model_dir", help="a Hugging Face model directory (config.json + safetensors)")
+    p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing model directory at -o")
 
 
 @command("convert", "convert a Hugging Face MoE model directory to a curmoe model directory")
 def _convert(args: argparse.Namespace) -> int:
     from curmoe.models.hf import convert
 
+    _check_model_output(args.output, args.force)
     path = convert(args.hf_model_dir, args.output)
     print(f"saved {path}")
     return 0
@@ -165,46 +212,75 @@ _info.configure = _configure_info  # type: ignore[attr-defined]
 
 # export -----------------------------------------------------------------------------------------------------
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir")
-    p.add_argument("--format", choices=["onnx", "openvino", "coreml"], default="onnx")
-    p.add_argument("--dispatch", choices=["sparse", "dense"], default="sparse")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("model_dir", help="a curmoe model directory (dense or compressed)")
+    p.add_argument("--format", choices=["onnx", "openvino", "coreml"], default="onnx",
+                   help="onnx: X.onnx; openvino: X.xml + X.bin (IR); coreml: X.mlpackage (default: %(default)s)")
+    p.add_argument("--dispatch", choices=["sparse", "dense"], default="sparse",
+                   help="sparse: run only the selected experts; dense: every expert, masked by its gates "
+                        "(default: %(default)s)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="weight and compute dtype of the graph (default: %(default)s)")
     p.add_argument("--fold-u", action="store_true", help="fold CUR's U into C in the graph")
     p.add_argument("--no-cache", action="store_true", help="full-sequence graph without KV cache inputs")
     p.add_argument("--fused-moe", action="store_true", help="ORT com.microsoft.MoE for dense experts")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file; its suffix is the format's (.onnx, .xml, .mlpackage) or none (then added). "
+                        "tokenizer.json is written beside it unless one is there")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+_SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "coreml": ".mlpackage"}
+
+
+def _export_target(output: str, fmt: str) -> Any:
+    """-o as the format's file: its suffix added when it has none; a different suffix is refused."""
+    from pathlib import Path
+
+    from curmoe.common.errors import InvalidInputError
+
+    out, suffix = Path(output), _SUFFIX[fmt]
+    if out.suffix == suffix:
+        return out
+    if out.suffix == "":
+        return out.with_name(out.name + suffix)
+    raise InvalidInputError(f"-o {output!r}: --format {fmt} writes a {suffix} file; pass -o ending in {suffix}")
 
 
 @command("export", "export a model (ONNX with factorised experts; OpenVINO IR; Core ML)")
 def _export(args: argparse.Namespace) -> int:
     import shutil
-    from pathlib import Path
 
     import curmoe
     from curmoe.exporters import OnnxExportConfig, export
 
+    path = _export_target(args.output, args.format)
+    written = [path] + ([path.with_suffix(".bin")] if args.format == "openvino" else [])
+    written += [path.with_name(path.name + ".data")] if args.format == "onnx" else []
+    _check_outputs(written, args.force)
     model = curmoe.load(args.model_dir)
-    out = Path(args.output)
     cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
                            with_cache=not args.no_cache, fused_moe=args.fused_moe)
     if args.format == "onnx":
-        path = export(model, cfg, out)
+        path = export(model, cfg, path)
     elif args.format == "openvino":
         from curmoe.exporters.openvino import export_openvino_ir
 
-        onnx_path = export(model, cfg, out.with_suffix(".onnx"))
-        path = export_openvino_ir(onnx_path, out.with_suffix(".xml"))
+        onnx_path = export(model, cfg, path.with_suffix(".onnx"))
+        path = export_openvino_ir(onnx_path, path)
     else:
         from curmoe.exporters.coreml import CoreMLExportConfig
 
-        path = export(model, CoreMLExportConfig(dtype=args.dtype), out.with_suffix(".mlpackage"))
-    tok = out.parent / "tokenizer.json"
-    if model.tokenizer_path is not None and not tok.exists():
+        path = export(model, CoreMLExportConfig(dtype=args.dtype), path)
+    tok = path.parent / "tokenizer.json"
+    tok_written = model.tokenizer_path is not None and not tok.exists()
+    if tok_written:
         shutil.copyfile(model.tokenizer_path, tok)  # so eval/generate on the file find the tokenizer
     dispatch = "dense (every expert masked by its gates)" if args.format == "coreml" else args.dispatch
-    _emit({"output": str(path), "format": args.format, "dispatch": dispatch, "dtype": args.dtype},
-          args.json, lambda r: f"wrote {r['output']} ({r['format']}, {r['dispatch']} dispatch, {r['dtype']})")
+    _emit({"output": str(path), "format": args.format, "dispatch": dispatch, "dtype": args.dtype,
+           "tokenizer": str(tok) if tok_written else None},
+          args.json, lambda r: f"wrote {r['output']} ({r['format']}, {r['dispatch']} dispatch, {r['dtype']})"
+          + (f" and {r['tokenizer']}" if r["tokenizer"] else ""))
     return 0
 
 

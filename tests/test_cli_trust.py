@@ -1,0 +1,107 @@
+"""Issue 13: the CLI as a new user meets it, each command run as a subprocess: a refused or failed command exits
+non-zero with one line on stderr (no traceback) and leaves the disk as it was; nothing is overwritten without
+--force; no hidden leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import curmoe
+from tests.babies import baby_config
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tokenizers")
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ["the cat sat on the mat .", "a dog ran in the park .", "the sun is hot and the sky is blue .",
+        "we eat bread and drink tea ."] * 20
+
+
+def curmoe_cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "curmoe.app.cli", *map(str, argv)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` (hidden ones included) -> (size, mtime_ns)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def refused(root: Path, *argv: str, needles: tuple[str, ...] = (), code: int = 2) -> str:
+    """Run a command that must fail cleanly; assert nothing under ``root`` changed; return the message."""
+    before = snapshot(root)
+    r = curmoe_cli(*argv)
+    assert_one_line_error(r, *needles, code=code)
+    assert snapshot(root) == before
+    return r.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from curmoe.models.tokenizer import save_tokenizer, train_bpe_tokenizer
+
+    d = tmp_path_factory.mktemp("trust")
+    tok = train_bpe_tokenizer(TEXT, vocab_size=80, min_frequency=1)
+    tpath = save_tokenizer(tok, d / "tok.json")
+    cfg = baby_config(vocab_size=tok.get_vocab_size(), eos_token_id=tok.token_to_id("<eos>"))
+    model = curmoe.Model.random(cfg, seed=0, std=0.3)
+    model.tokenizer_path = tpath
+    return model.save(d / "dense")
+
+
+# item 2: never clobber -------------------------------------------------------------------------------------
+def test_compress_refuses_an_existing_file_or_folder(model_dir, tmp_path):
+    f = tmp_path / "cur70.onnx"
+    f.write_bytes(b"precious")
+    args = ("compress", model_dir, "--method", "svd", "--ratio", "0.5")
+    refused(tmp_path, *args, "-o", f, needles=("is a file",))
+    refused(tmp_path, *args, "-o", f, "--force", needles=("is a file",))  # --force never turns a file into a folder
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("mine")
+    refused(tmp_path, *args, "-o", notes, "--force", needles=("not a curmoe model directory",))
+    assert f.read_bytes() == b"precious" and (notes / "a.txt").read_text() == "mine"
+
+
+def test_compress_refuses_an_existing_model_unless_force(model_dir, tmp_path):
+    out = tmp_path / "svd50"
+    args = ("compress", model_dir, "--method", "svd", "--ratio", "0.5", "-o", out)
+    r = curmoe_cli(*args)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    refused(tmp_path, *args, needles=("already exists", "--force"))
+    r = curmoe_cli(*args, "--ratio", "0.6", "--force", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svd50"]  # no hidden .old or .tmp leftovers
+    assert json.loads((out / "config.json").read_text())["compression"]["config"]["ratio"] == 0.6
+
+
+def test_export_refuses_existing_outputs_unless_force(model_dir, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"precious")
+    refused(tmp_path, "export", model_dir, "-o", out, needles=("already exists", "--force"))
+    refused(tmp_path, "export", model_dir, "--format", "openvino", "-o", tmp_path / "m.onnx",
+            needles=("ending in .xml",))
+    r = curmoe_cli("export", model_dir, "-o", out, "--force")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert out.stat().st_size > 1000 and "tokenizer.json" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "tokenizer.json"]
