@@ -105,3 +105,16 @@ def test_export_refuses_existing_outputs_unless_force(model_dir, tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert out.stat().st_size > 1000 and "tokenizer.json" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "tokenizer.json"]
+
+
+# item 3: openvino export writes only X.xml + X.bin ---------------------------------------------------------
+def test_openvino_export_leaves_no_onnx_beside_the_ir(model_dir, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    mine = tmp_path / "m.onnx"
+    mine.write_bytes(b"someone else's file")
+    r = curmoe_cli("export", model_dir, "--format", "openvino", "-o", tmp_path / "m.xml")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.onnx", "m.xml", "tokenizer.json"]
+    assert mine.read_bytes() == b"someone else's file"
+    refused(tmp_path, "export", model_dir, "--format", "openvino", "-o", tmp_path / "m", needles=("m.xml",))

@@ -250,6 +250,8 @@ def _export_target(output: str, fmt: str) -> Any:
 @command("export", "export a model (ONNX with factorised experts; OpenVINO IR; Core ML)")
 def _export(args: argparse.Namespace) -> int:
     import shutil
+    import tempfile
+    from pathlib import Path
 
     import curmoe
     from curmoe.exporters import OnnxExportConfig, export
@@ -259,6 +261,7 @@ def _export(args: argparse.Namespace) -> int:
     written += [path.with_name(path.name + ".data")] if args.format == "onnx" else []
     _check_outputs(written, args.force)
     model = curmoe.load(args.model_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
                            with_cache=not args.no_cache, fused_moe=args.fused_moe)
     if args.format == "onnx":
@@ -266,8 +269,11 @@ def _export(args: argparse.Namespace) -> int:
     elif args.format == "openvino":
         from curmoe.exporters.openvino import export_openvino_ir
 
-        onnx_path = export(model, cfg, path.with_suffix(".onnx"))
-        path = export_openvino_ir(onnx_path, path)
+        # the intermediate ONNX file lives in a hidden temporary folder beside the output, removed whatever happens
+        # (an error, Ctrl-C): only the declared X.xml + X.bin are written, an X.onnx beside them is never touched
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as tmp:
+            onnx_path = export(model, cfg, Path(tmp) / path.with_suffix(".onnx").name)
+            path = export_openvino_ir(onnx_path, path, routing_outputs=True)
     else:
         from curmoe.exporters.coreml import CoreMLExportConfig
 
