@@ -51,7 +51,7 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def assert_both_ways(msg: str) -> None:
-    for part in ("--data-dir", "CURMOE_DATA_DIR", "wikitext-2/{train,valid,test}.txt", "pip install 'curmoe[hf]'",
+    for part in ("--data-dir", "CURMOE_DATA_DIR", "wikitext-2/{train,valid,test}.txt", "pip install 'curmoe[datasets]'",
                  "wikitext-2-v1", "wikitext-2-raw-v1"):
         assert part in msg, (part, msg)
 
@@ -123,7 +123,7 @@ def test_missing_split_file_is_named(tiny_dir: Path) -> None:
 def test_raw_train_not_in_shared_data(tiny_dir: Path) -> None:
     with pytest.raises(DataNotFoundError, match="raw train split is not part of the shared") as e:
         load_wikitext2("train", raw=True, data_dir=tiny_dir)
-    assert "raw=False" in str(e.value) and "curmoe[hf]" in str(e.value)
+    assert "raw=False" in str(e.value) and "curmoe[datasets]" in str(e.value)
 
 
 @pytest.mark.parametrize("bad, hint", [("validation", "did you mean 'valid'"), ("dev", "did you mean 'valid'"),
