@@ -1,7 +1,9 @@
-"""curmoe.exporters: write a curmoe model in a runtime format (ONNX today).
+"""curmoe.exporters: write a curmoe model in a runtime format: ``onnx/`` (graph builder), ``coreml/`` (MIL
+builder), ``openvino.py`` (IR from the ONNX file).
 
 One verb, :func:`export`, dispatching on the type of the config. Importing this package never imports onnx; the
-exporter module is imported on the first call.
+exporter module is imported on the first call. May import the core (``curmoe``'s public names); never
+``curmoe.runtimes``, ``curmoe.models`` or ``curmoe.app`` (tests/test_architecture.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 - :func:`validate` compares a runtime with the float64 NumPy reference (logits, routing, perplexity).
 - :func:`generate` decodes with a KV cache over any session.
 
-Importing this package imports no vendor SDK: each adapter module is imported on first use.
+Importing this package imports no vendor SDK: each adapter module (``adapters/``) is imported on first use. May
+import the core, ``curmoe.exporters`` (ONNX helpers) and ``curmoe.models.tokenizer``; never ``curmoe.app``.
 """
 
 from __future__ import annotations
