@@ -4,6 +4,7 @@ non-zero with one line on stderr (no traceback) and leaves the disk as it was; n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -118,3 +119,51 @@ def test_openvino_export_leaves_no_onnx_beside_the_ir(model_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.onnx", "m.xml", "tokenizer.json"]
     assert mine.read_bytes() == b"someone else's file"
     refused(tmp_path, "export", model_dir, "--format", "openvino", "-o", tmp_path / "m", needles=("m.xml",))
+
+
+# item 4: one-line errors instead of tracebacks ------------------------------------------------------------
+def test_a_text_file_as_a_model_is_refused_in_one_line(model_dir, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("hello, I am not a model\n")
+    tok = model_dir / "tokenizer.json"
+    refused(tmp_path, "validate", bad, "--model", model_dir, needles=("not a readable ONNX model",))
+    refused(tmp_path, "eval", bad, "--tokenizer", tok, "--max-tokens", "10", needles=("not a readable ONNX model",))
+    refused(tmp_path, "generate", bad, "--tokenizer", tok, "--prompt", "the cat",
+            needles=("not a readable ONNX model",))
+    if importlib.util.find_spec("openvino") is not None:
+        refused(tmp_path, "eval", bad, "--runtime", "openvino:cpu", "--tokenizer", tok, "--max-tokens", "10",
+                needles=("not a readable ONNX model",))
+        xml = tmp_path / "bad.xml"
+        xml.write_text("hello\n")
+        refused(tmp_path, "eval", xml, "--runtime", "openvino:cpu", "--tokenizer", tok, "--max-tokens", "10",
+                needles=("not OpenVINO IR",))
+
+
+def test_export_below_a_file_is_refused(model_dir, tmp_path):
+    (tmp_path / "file.onnx").write_bytes(b"x")
+    refused(tmp_path, "export", model_dir, "-o", tmp_path / "file.onnx" / "x.onnx", needles=("is a file, not a folder",))
+    refused(tmp_path, "compress", model_dir, "--method", "svd", "--ratio", "0.5", "-o", tmp_path / "file.onnx" / "m",
+            needles=("is a file, not a folder",))
+
+
+def test_ctrl_c_during_compress_stops_cleanly_and_writes_nothing(tmp_path, wikitext2):
+    import signal
+
+    from curmoe.app.demo import shipped_model_dir
+
+    out = tmp_path / "cur50"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "curmoe.app.cli", "compress", str(shipped_model_dir("wt2-moe-tiny")),
+                          "--ratio", "0.5", "--calib", "wikitext2:train", "--calib-tokens", "262144", "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    seen = b""
+    while b"calibrate" not in seen:  # interrupt once calibration (the long step) has started
+        chunk = os.read(p.stderr.fileno(), 4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    err = (seen + err).decode(errors="replace")
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("curmoe compress: interrupted")
+    assert list(tmp_path.iterdir()) == []  # no model directory, no hidden temporary folder

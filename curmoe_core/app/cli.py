@@ -302,11 +302,29 @@ def _configure_validate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _check_onnx_readable(path: str) -> None:
+    """An ``.onnx`` file that does not parse (a text file, a truncated copy) is refused with one line."""
+    from pathlib import Path
+
+    from curmoe.common.errors import CheckpointError, require
+
+    p = Path(path)
+    if p.suffix != ".onnx" or not p.is_file():
+        return
+    onnx = require("onnx", "onnx")
+    try:
+        onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # google.protobuf DecodeError (and RuntimeError from newer parsers)
+        raise CheckpointError(f"{path!r} is not a readable ONNX model ({type(e).__name__}); pass a file written by "
+                              "curmoe export") from None
+
+
 @command("validate", "run an exported model on a runtime and compare it with the NumPy float64 reference")
 def _validate(args: argparse.Namespace) -> int:
     import curmoe
     from curmoe.runtimes import validate
 
+    _check_onnx_readable(args.file)
     rep = validate(args.file, curmoe.load(args.model), args.runtime, threads=args.threads).to_dict()
     rep.pop("cases", None)
     _emit(rep, args.json, lambda r: (
@@ -532,6 +550,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CurmoeError as e:
         print(f"curmoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outputs are written atomically and temporary files removed on the way out
+        print(f"curmoe {args.command}: interrupted; no output was written (anything already there is unchanged)",
+              file=sys.stderr)
+        return 130
+    except OSError as e:  # the file system said no (permissions, a full disk, a path that cannot be made)
+        if args.verbose:
+            raise
+        print(f"curmoe {args.command}: error: {e} (run with -v for details)", file=sys.stderr)
         return 2
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from curmoe.common.errors import InvalidInputError
+from curmoe.common.errors import CheckpointError, InvalidInputError
 from curmoe.runtimes.base import (
     IOSpec,
     RuntimeInfo,
@@ -109,7 +109,12 @@ class OrtSession(SpecSession):
             providers.append("CUDAExecutionProvider")
         if ep != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # nodes the provider does not take
-        self._sess = onnxruntime.InferenceSession(os.fspath(path), sess_options=so, providers=providers)
+        try:
+            self._sess = onnxruntime.InferenceSession(os.fspath(path), sess_options=so, providers=providers)
+        except (onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+            raise CheckpointError(f"{str(path)!r} is not a readable ONNX model ({_first_line(e)}); pass a file "
+                                  "written by curmoe export") from None
         if self._sess.get_providers()[0] != ep:
             raise _not_available(target, f" (ONNX Runtime fell back to {self._sess.get_providers()[0]}: its libraries "
                                          "or the device could not be loaded)")
@@ -132,6 +137,11 @@ class OrtSession(SpecSession):
     @property
     def metadata(self) -> dict[str, str]:
         return dict(self._sess.get_modelmeta().custom_metadata_map)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def load(path: str | os.PathLike[str], target: str, *, threads: int | None = None, optimization: str = "all",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import openvino
 
-from curmoe.common.errors import InvalidInputError
+from curmoe.common.errors import CheckpointError, InvalidInputError
 from curmoe.runtimes.base import (
     IOSpec,
     RuntimeInfo,
@@ -133,16 +133,35 @@ def _name(port: Any) -> str:
     return (good or names or [port.get_any_name()])[0]
 
 
-def _metadata(path: Path, model: Any) -> dict[str, str]:
+def _onnx_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of an ONNX file (None without the onnx package); a file that does not parse is refused here,
+    before OpenVINO tries every frontend on it (and its TensorFlow one prints parse errors on stderr)."""
+    try:
+        import onnx
+    except ImportError:  # metadata of an ONNX file needs the onnx package; the model runs without it
+        return None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # google.protobuf DecodeError
+        raise CheckpointError(f"{str(path)!r} is not a readable ONNX model ({type(e).__name__}); pass a file "
+                              "written by curmoe export") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _check_ir(path: Path) -> None:
+    """An IR .xml is XML whose root is ``<net``: refuse anything else before OpenVINO's frontends see it."""
+    head = path.read_bytes()[:4096] if path.is_file() else b""
+    if b"<net" not in head:
+        raise CheckpointError(f"{str(path)!r} is not OpenVINO IR (no <net> element); pass an .xml written by "
+                              "curmoe export --format openvino")
+
+
+def _metadata(path: Path, model: Any, onnx_meta: dict[str, str] | None) -> dict[str, str]:
     if path.suffix == ".xml":
         if not model.has_rt_info(["curmoe"]):
             return {}
         return {k: v.astype(str) for k, v in model.get_rt_info()["curmoe"].items()}
-    try:
-        import onnx
-    except ImportError:  # metadata of an ONNX file needs the onnx package; the model runs without it
-        return {}
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return onnx_meta or {}
 
 
 class OpenVINOSession(SpecSession):
@@ -155,8 +174,13 @@ class OpenVINOSession(SpecSession):
         self.family = _family(target)
         self.device = _resolve_device(self.family, device)
         self.precision = precision
-        model = core().read_model(os.fspath(path))
-        self._meta = _metadata(path, model)
+        onnx_meta = _onnx_metadata(path) if path.suffix == ".onnx" else _check_ir(path)
+        try:
+            model = core().read_model(os.fspath(path))
+        except RuntimeError as e:  # OpenVINO's "Unable to read the model" for a corrupt or foreign file
+            raise CheckpointError(f"OpenVINO cannot read {str(path)!r} as a model; pass an ONNX file or IR .xml "
+                                  "written by curmoe export") from None
+        self._meta = _metadata(path, model, onnx_meta)
         if extra_outputs:
             have = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
             missing = [n for n in extra_outputs if n not in have]
