@@ -167,3 +167,28 @@ def test_ctrl_c_during_compress_stops_cleanly_and_writes_nothing(tmp_path, wikit
     assert p.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("curmoe compress: interrupted")
     assert list(tmp_path.iterdir()) == []  # no model directory, no hidden temporary folder
+
+
+# item 5: nothing accepted silently ------------------------------------------------------------------------
+def test_config_without_moe_block_is_refused(model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    del cfg["moe"]
+    (broken / "config.json").write_text(json.dumps(cfg))
+    for argv in (("info", broken), ("compress", broken, "--method", "svd", "--ratio", "0.5", "-o", tmp_path / "o"),
+                 ("export", broken, "-o", tmp_path / "o.onnx"), ("generate", broken, "--prompt", "the cat"),
+                 ("eval", broken, "--max-tokens", "10")):
+        refused(tmp_path, *argv, needles=("has no 'moe' block",))
+
+
+def test_generate_refuses_an_empty_prompt_and_zero_tokens(model_dir, tmp_path):
+    refused(tmp_path, "generate", model_dir, "--prompt", "", needles=("--prompt is empty",))
+    refused(tmp_path, "generate", model_dir, "--prompt", "  ", needles=("--prompt is empty",))
+    refused(tmp_path, "generate", model_dir, "--prompt", "the cat", "--max-new-tokens", "0",
+            needles=("--max-new-tokens 0",))
+    refused(tmp_path, "generate", model_dir, "--prompt", "the cat", "--top-p", "0", needles=("--top-p",))
+    r = curmoe_cli("generate", model_dir, "--prompt", "the cat", "--max-new-tokens", "3")
+    assert r.returncode == 0 and r.stdout.startswith("the cat"), r.stderr

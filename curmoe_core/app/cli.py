@@ -87,6 +87,32 @@ def _check_model_output(output: str, force: bool) -> None:
         raise InvalidInputError(f"{output!r} already exists; pass --force to replace it, or choose another -o")
 
 
+def _check_model_config(model_dir: Any) -> None:
+    """Refuse a model directory whose config.json lacks its ``moe`` block (loading would invent defaults for the
+    experts and router, and the model would silently be another one)."""
+    from pathlib import Path
+
+    from curmoe.common.errors import CheckpointError
+
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return  # curmoe.load says what is missing
+    try:
+        d = json.loads(cfg.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return  # curmoe.load names the corrupt file
+    if isinstance(d, dict) and "moe" not in d:
+        raise CheckpointError(f"{str(cfg)!r} has no 'moe' block (n_experts, d_ff, router, ...): it is not a curmoe "
+                              "model config; convert a Hugging Face model with curmoe convert, or restore the block")
+
+
+def _load_model(model_dir: str) -> Any:
+    import curmoe
+
+    _check_model_config(model_dir)
+    return curmoe.load(model_dir)
+
+
 # compress ---------------------------------------------------------------------------------------------------
 METHOD_HELP = {
     "cur-neuron": "neuron CUR (default, interpretable): keep real expert neurons, refit W_down; needs --calib",
@@ -146,7 +172,7 @@ def _compress(args: argparse.Namespace) -> int:
 
     _compress_config(args, aware=args.calib is not None)  # fail on bad options before loading or calibrating
     _check_model_output(args.output, args.force)
-    model = curmoe.load(args.model_dir)
+    model = _load_model(args.model_dir)
     calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
     cfg = _compress_config(args, aware=calib is not None)
     out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json)
@@ -199,7 +225,7 @@ def _configure_info(p: argparse.ArgumentParser) -> None:
 def _info(args: argparse.Namespace) -> int:
     import curmoe
 
-    m = curmoe.load(args.model_dir)
+    m = _load_model(args.model_dir)
     rec = {"model": repr(m), "params": m.n_params(), "expert_params": m.n_expert_params(),
            "compression": None if m.config.compression is None else
            {k: v for k, v in m.config.compression.items() if k != "matrices"}}
@@ -260,7 +286,7 @@ def _export(args: argparse.Namespace) -> int:
     written = [path] + ([path.with_suffix(".bin")] if args.format == "openvino" else [])
     written += [path.with_name(path.name + ".data")] if args.format == "onnx" else []
     _check_outputs(written, args.force)
-    model = curmoe.load(args.model_dir)
+    model = _load_model(args.model_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
                            with_cache=not args.no_cache, fused_moe=args.fused_moe)
@@ -325,7 +351,7 @@ def _validate(args: argparse.Namespace) -> int:
     from curmoe.runtimes import validate
 
     _check_onnx_readable(args.file)
-    rep = validate(args.file, curmoe.load(args.model), args.runtime, threads=args.threads).to_dict()
+    rep = validate(args.file, _load_model(args.model), args.runtime, threads=args.threads).to_dict()
     rep.pop("cases", None)
     _emit(rep, args.json, lambda r: (
         f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "
@@ -344,6 +370,8 @@ def _open(path: str, runtime: str | None, threads: int | None = None) -> Any:
 
     from curmoe.runtimes import load
 
+    if Path(path).is_dir() and Path(path).suffix != ".mlpackage":
+        _check_model_config(path)
     default = "reference" if Path(path).is_dir() else "onnxruntime:cpu"
     return load(path, runtime or default, threads=threads)
 
@@ -396,10 +424,19 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
 
 @command("generate", "generate text with a KV cache on any runtime")
 def _generate(args: argparse.Namespace) -> int:
+    from curmoe.common.errors import InvalidInputError
     from curmoe.models.tokenizer import load_tokenizer
     from curmoe.runtimes import generate
     from curmoe.runtimes.evaluate import find_tokenizer, session_config
 
+    if not args.prompt.strip():
+        raise InvalidInputError("--prompt is empty; pass the text to continue, e.g. --prompt 'The history of'")
+    if args.max_new_tokens < 1:
+        raise InvalidInputError(f"--max-new-tokens {args.max_new_tokens}: pass at least 1")
+    if args.temperature < 0:
+        raise InvalidInputError(f"--temperature {args.temperature}: pass 0 (greedy) or more")
+    if not 0 < args.top_p <= 1:
+        raise InvalidInputError(f"--top-p {args.top_p}: pass a value in (0, 1]")
     sess = _open(args.model, args.runtime)
     tok = load_tokenizer(find_tokenizer(args.model, args.tokenizer))
     prompt = tok.encode(args.prompt, add_special_tokens=False).ids
