@@ -44,11 +44,12 @@ def session_logits_fn(session: Session) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def find_tokenizer(model_path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | None = None) -> Path:
-    """--tokenizer, else MODEL_DIR/tokenizer.json, else tokenizer.json beside an exported file."""
+    """--tokenizer, else MODEL_DIR/tokenizer.json, else tokenizer.json beside an exported file (a Core ML
+    ``X.mlpackage`` is a directory, but an exported one: its tokenizer is beside it, where curmoe export writes it)."""
     if tokenizer is not None:
         return Path(tokenizer)
     p = Path(model_path)
-    cand = p / "tokenizer.json" if p.is_dir() else p.parent / "tokenizer.json"
+    cand = p / "tokenizer.json" if p.is_dir() and p.suffix != ".mlpackage" else p.parent / "tokenizer.json"
     if not cand.is_file():
         raise InvalidInputError(
             f"no tokenizer found for {str(p)!r} (looked for {str(cand)!r}); pass --tokenizer PATH "

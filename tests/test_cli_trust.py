@@ -192,3 +192,20 @@ def test_generate_refuses_an_empty_prompt_and_zero_tokens(model_dir, tmp_path):
     refused(tmp_path, "generate", model_dir, "--prompt", "the cat", "--top-p", "0", needles=("--top-p",))
     r = curmoe_cli("generate", model_dir, "--prompt", "the cat", "--max-new-tokens", "3")
     assert r.returncode == 0 and r.stdout.startswith("the cat"), r.stderr
+
+
+# item 6: Core ML eval/generate find the tokenizer export wrote beside the package ---------------------------
+def test_coreml_generate_and_eval_find_the_tokenizer_beside_the_package(model_dir, tmp_path, wikitext2):
+    pytest.importorskip("coremltools")
+    pkg = tmp_path / "m.mlpackage"
+    r = curmoe_cli("export", model_dir, "--format", "coreml", "-o", pkg)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "tokenizer.json").is_file() and not (pkg / "tokenizer.json").exists()
+    before = snapshot(tmp_path)
+    r = curmoe_cli("generate", pkg, "--prompt", "the cat", "--max-new-tokens", "2", "--json")  # runtime from file
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["runtime"].startswith("coreml")
+    r = curmoe_cli("eval", pkg, "--max-tokens", "40", "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["ppl_token"] > 1
+    assert snapshot(tmp_path) == before

@@ -364,22 +364,40 @@ def _validate(args: argparse.Namespace) -> int:
 _validate.configure = _configure_validate  # type: ignore[attr-defined]
 
 
+def _default_runtime(path: str) -> str:
+    """The runtime a path opens on when --runtime is not given: chosen from what the path is."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.suffix == ".mlpackage":
+        from curmoe.common.errors import require
+
+        require("coremltools", "coreml")
+        from curmoe.runtimes.adapters.coreml import can_predict
+
+        return "coreml" if can_predict() else "coreml:mil"
+    if p.suffix == ".xml":
+        return "openvino:cpu"
+    return "reference" if p.is_dir() else "onnxruntime:cpu"
+
+
 def _open(path: str, runtime: str | None, threads: int | None = None) -> Any:
-    """A model directory opens on the reference runtime by default; a file on ONNX Runtime CPU."""
+    """Open ``path`` on ``runtime``, or on the one its kind calls for (:func:`_default_runtime`)."""
     from pathlib import Path
 
     from curmoe.runtimes import load
 
     if Path(path).is_dir() and Path(path).suffix != ".mlpackage":
         _check_model_config(path)
-    default = "reference" if Path(path).is_dir() else "onnxruntime:cpu"
-    return load(path, runtime or default, threads=threads)
+    return load(path, runtime or _default_runtime(path), threads=threads)
 
 
 # eval -------------------------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model directory (reference) or an exported file (with --runtime)")
-    p.add_argument("--runtime", default=None, help="default: reference for a directory, onnxruntime:cpu for a file")
+    p.add_argument("--runtime", default=None,
+                   help="default: from the path: reference for a model directory, onnxruntime:cpu for .onnx, "
+                        "openvino:cpu for .xml, coreml (macOS) or coreml:mil for .mlpackage")
     p.add_argument("--dataset", choices=["wikitext2"], default="wikitext2")
     p.add_argument("--split", choices=["valid", "test", "train"], default="valid")
     p.add_argument("--data-dir", default=None)

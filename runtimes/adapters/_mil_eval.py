@@ -14,8 +14,10 @@ semantics, not Core ML's numerics on a device.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from coremltools.converters.mil.mil import Function, types
 
 from curmoe.common.errors import CheckpointError, CurmoeError, InvalidInputError
 
-__all__ = ["MilProgram", "NUMPY_OPS"]
+__all__ = ["MilProgram", "NUMPY_OPS", "read_only"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,28 @@ def _py(x: Any) -> Any:
     return x
 
 
+@contextmanager
+def read_only(package: Path) -> Iterator[None]:
+    """Opening a package with coremltools rewrites its Manifest.json (same bytes, new file): put back the
+    manifest's and the package folder's times so that reading a model leaves it as it was on disk."""
+    manifest = package / "Manifest.json"
+    try:
+        before = manifest.read_bytes()
+        times = [(p, p.stat()) for p in (manifest, package)]
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if manifest.read_bytes() == before:
+                for p, st in times:
+                    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError:
+            pass
+
+
 class MilProgram:
     """The ``main`` function of a saved ML Program, runnable on NumPy feeds.
 
@@ -82,7 +106,8 @@ class MilProgram:
         if not (package.is_dir() and (package / "Manifest.json").is_file()):
             raise CheckpointError(f"{str(package)!r} is not an .mlpackage directory (no Manifest.json)")
         self.package = package
-        mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
+        with read_only(package):
+            mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
         self.spec = mlmodel.get_spec()
         if self.spec.WhichOneof("Type") != "mlProgram":
             raise InvalidInputError(f"{str(package)!r} holds a {self.spec.WhichOneof('Type')} model, not an ML Program")

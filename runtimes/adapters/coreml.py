@@ -142,7 +142,10 @@ class CoreMLSession(_PackageSession):
     """Core ML prediction (macOS) with a compute-unit setting."""
 
     def __init__(self, path: Path, compute_units: str, name: str) -> None:
-        self._model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        from curmoe.runtimes.adapters._mil_eval import read_only
+
+        with read_only(path):
+            self._model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         self.compute_units = compute_units
         self._setup(path, self._model.get_spec(), dict(self._model.user_defined_metadata), name)
 
