@@ -21,7 +21,6 @@ place with ``os.replace`` (an existing package is moved aside first and deleted 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,7 +35,7 @@ from coremltools.converters.mil.mil import get_new_symbol, types
 
 import curmoe
 from curmoe.common.errors import InvalidInputError
-from curmoe.exporters._checks import check_exportable
+from curmoe.exporters._checks import check_exportable, common_metadata
 from curmoe.exporters.coreml._attention import attention, prologue
 from curmoe.exporters.coreml._config import CoreMLExportConfig
 from curmoe.exporters.coreml._moe import dense_ffn, moe_layer
@@ -100,20 +99,7 @@ def build_program(model: Model, config: CoreMLExportConfig) -> Any:
 
 def metadata(model: Model, config: CoreMLExportConfig) -> dict[str, str]:
     """The ``user_defined_metadata`` written into the package."""
-    cfg = model.config
-    comp = cfg.compression or None
-    method = "none"
-    if cfg.factors:
-        method = (comp or {}).get("method") or "+".join(sorted({f["kind"] for f in cfg.factors.values()}))
-    moe = any(cfg.layer_type(l) == "moe" for l in range(cfg.n_layers))
-    return {
-        "curmoe.version": curmoe.__version__,
-        "curmoe.config": cfg.to_json(),
-        "curmoe.export": config.to_json(),
-        "curmoe.compression": json.dumps(comp, sort_keys=True, default=str),
-        "curmoe.compression_method": method,
-        "curmoe.non_causal": "true" if moe and cfg.moe.router.kind == "expert_choice" else "false",
-    }
+    return common_metadata(model, config)
 
 
 def export_coreml(model: Model, config: CoreMLExportConfig, path: str | os.PathLike[str]) -> Path:

@@ -40,7 +40,7 @@ from curmoe.common.errors import (
     DecodingNotSupportedError,
     InvalidInputError,
 )
-from curmoe.exporters._checks import check_exportable
+from curmoe.exporters._checks import check_exportable, common_metadata
 from curmoe.exporters.onnx._attention import attention, prologue, rms_norm
 from curmoe.exporters.onnx._config import EXTERNAL_DATA_BYTES, OnnxExportConfig
 from curmoe.exporters.onnx._graph import GraphBuilder
@@ -125,25 +125,12 @@ def _build(model: Model, config: OnnxExportConfig) -> tuple[onnx.ModelProto, int
 
 
 def _metadata(model: Model, config: OnnxExportConfig) -> dict[str, str]:
-    cfg = model.config
-    comp = cfg.compression or None
-    method = "none"
-    if cfg.factors:
-        kinds = sorted({f["kind"] for f in cfg.factors.values()})
-        method = (comp or {}).get("method") or "+".join(kinds)
-    c = comp or {}
+    c = model.config.compression or {}
     ratio = c.get("ratio_expert_params", c.get("target_ratio", c.get("ratio")))
     indices = {k: {"rows": lin.rows.tolist(), "cols": lin.cols.tolist()}
                for k, lin in sorted(model.experts.items()) if isinstance(lin, CURLinear)}
-    return {
-        "curmoe.version": curmoe.__version__,
-        "curmoe.config": cfg.to_json(),
-        "curmoe.export": config.to_json(),
-        "curmoe.compression": json.dumps(comp, sort_keys=True, default=str),
-        "curmoe.compression_method": method,
+    return common_metadata(model, config) | {
         "curmoe.compression_ratio": "none" if ratio is None else str(ratio),
-        "curmoe.non_causal": "true" if cfg.moe.router.kind == "expert_choice" and "moe" in
-        [cfg.layer_type(l) for l in range(cfg.n_layers)] else "false",
         "curmoe.cur_indices": json.dumps(indices) if indices else "none",
     }
 
