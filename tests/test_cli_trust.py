@@ -209,3 +209,27 @@ def test_coreml_generate_and_eval_find_the_tokenizer_beside_the_package(model_di
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["ppl_token"] > 1
     assert snapshot(tmp_path) == before
+
+
+# item 1: validate every format export writes, the runtime chosen from the file -----------------------------
+def test_validate_every_exported_format(model_dir, tmp_path):
+    pytest.importorskip("onnx")
+    formats = [("onnx", "m.onnx", "onnxruntime:cpu")]
+    if importlib.util.find_spec("openvino"):
+        formats.append(("openvino", "m.xml", "openvino:cpu"))
+    if importlib.util.find_spec("coremltools"):
+        formats.append(("coreml", "m.mlpackage", "coreml"))
+    for fmt, name, _ in formats:
+        r = curmoe_cli("export", model_dir, "--format", fmt, "-o", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+    before = snapshot(tmp_path)
+    for _, name, runtime in formats:
+        r = curmoe_cli("validate", tmp_path / name, "--model", model_dir, "--json")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        rep = json.loads(r.stdout.splitlines()[-1])
+        assert rep["passed"] and rep["runtime"].startswith(runtime) and rep["routing_agreement"] == 1.0, rep
+    assert snapshot(tmp_path) == before
+    refused(tmp_path, "validate", tmp_path / "m.onnx", "--model", model_dir, "--runtime", "coreml:mil",
+            needles=("does not read .onnx", "curmoe export MODEL --format coreml"))
+    refused(tmp_path, "validate", model_dir / "tokenizer.json", "--model", model_dir,
+            needles=("not an exported model",))

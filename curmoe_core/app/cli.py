@@ -321,10 +321,12 @@ _export.configure = _configure_export  # type: ignore[attr-defined]
 
 # validate ---------------------------------------------------------------------------------------------------
 def _configure_validate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="an exported model file")
+    p.add_argument("file", help="what curmoe export wrote: X.onnx, X.xml (OpenVINO IR) or X.mlpackage (Core ML)")
     p.add_argument("--model", required=True, help="the curmoe model directory it was exported from")
-    p.add_argument("--runtime", default="onnxruntime:cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runtime", default=None,
+                   help="default: from the file: onnxruntime:cpu for .onnx, openvino:cpu for .xml, coreml (macOS) "
+                        "or coreml:mil for .mlpackage")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
     p.add_argument("--json", action="store_true")
 
 
@@ -345,13 +347,36 @@ def _check_onnx_readable(path: str) -> None:
                               "curmoe export") from None
 
 
+_READS = {"onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "coreml": (".mlpackage",)}
+_FORMAT = {".onnx": "onnx", ".xml": "openvino", ".mlpackage": "coreml"}
+
+
+def _check_runtime_reads(runtime: str, path: str) -> None:
+    """Refuse a runtime that cannot read the file's format, naming the export command that makes one it can."""
+    from pathlib import Path
+
+    from curmoe.common.errors import InvalidInputError
+
+    suffix = Path(path).suffix
+    if suffix not in _FORMAT:
+        raise InvalidInputError(f"{path!r} is not an exported model; validate takes what curmoe export writes "
+                                "(.onnx, .xml or .mlpackage)")
+    reads = _READS.get(runtime.split(":")[0])
+    if reads is not None and suffix not in reads:
+        fmt = _FORMAT[reads[-1]]
+        raise InvalidInputError(f"--runtime {runtime} does not read {suffix} files; export one with: curmoe export "
+                                f"MODEL --format {fmt} -o X{reads[-1]} (or omit --runtime to use the file's own)")
+
+
 @command("validate", "run an exported model on a runtime and compare it with the NumPy float64 reference")
 def _validate(args: argparse.Namespace) -> int:
-    import curmoe
     from curmoe.runtimes import validate
 
+    runtime = args.runtime or _default_runtime(args.file)
+    _check_runtime_reads(runtime, args.file)
     _check_onnx_readable(args.file)
-    rep = validate(args.file, _load_model(args.model), args.runtime, threads=args.threads).to_dict()
+    opts = {} if args.threads is None else {"threads": args.threads}
+    rep = validate(args.file, _load_model(args.model), runtime, **opts).to_dict()
     rep.pop("cases", None)
     _emit(rep, args.json, lambda r: (
         f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "
