@@ -208,7 +208,8 @@ def validate(
     """Compare ``onnx_path`` run on ``runtime`` with the float64 reference ``model`` (the model it was exported from).
 
     Args:
-        onnx_path: an exported curmoe ONNX file, OpenVINO IR ``.xml`` or Core ML ``.mlpackage``.
+        onnx_path: an exported curmoe ONNX file or OpenVINO IR ``.xml`` (a Core ML ``.mlpackage``:
+            :func:`curmoe.runtimes.adapters.coreml.validate_coreml`).
         model: the :class:`curmoe.Model` it was exported from (run as the float64 oracle).
         runtime: a registry name (``curmoe.runtimes.available()``).
         prompt_lengths: lengths of the single-sequence prompts.
@@ -221,11 +222,6 @@ def validate(
     path = Path(onnx_path)
     if not isinstance(model, Model):
         raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
-    if path.suffix == ".mlpackage":  # a Core ML package (a directory): same cases without the cached decode
-        from curmoe.runtimes.adapters.coreml import validate_coreml
-
-        return validate_coreml(path, model, runtime, prompt_lengths=prompt_lengths, batch_lengths=batch_lengths,
-                               sample_ids=sample_ids, seed=seed, **session_options)
     if not path.is_file():
         raise InvalidInputError(f"model file {str(path)!r} does not exist; export one with curmoe.exporters.export")
     if path.suffix == ".xml":  # OpenVINO IR: curmoe metadata in its rt_info, routing outputs added at export
