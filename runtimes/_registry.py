@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,12 @@ def load(path: str | os.PathLike[str], runtime: str = "onnxruntime:cpu", **optio
     return mod.load(p, _entry(runtime).target, name=runtime, **options)
 
 
-def available() -> list[tuple[str, list[str]]]:
-    """(name, devices) of every registered runtime usable here (its adapter and package present, device found)."""
+def available(reasons: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """(name, devices) of every registered runtime usable here (its adapter and package present, device found).
+
+    Args:
+        reasons: a dict to fill with ``name -> why it is not usable`` for every other registered runtime.
+    """
     out = []
     for name, e in REGISTRY.items():
         try:
@@ -101,7 +106,13 @@ def available() -> list[tuple[str, list[str]]]:
             devs = mod.devices(e.target)
         except (CurmoeError, ImportError) as err:
             log.debug("runtime %s not available: %s", name, err)
+            if reasons is not None:
+                reasons[name] = str(err).splitlines()[0] if str(err) else type(err).__name__
             continue
         if devs:
             out.append((name, list(devs)))
+        elif reasons is not None:
+            reasons[name] = (f"Core ML prediction needs macOS (this is {platform.system()}); coreml:mil evaluates "
+                             "packages here" if name == "coreml" else
+                             f"{e.sdk} is installed but has no {e.target} device or execution provider here")
     return out

@@ -233,3 +233,33 @@ def test_validate_every_exported_format(model_dir, tmp_path):
             needles=("does not read .onnx", "curmoe export MODEL --format coreml"))
     refused(tmp_path, "validate", model_dir / "tokenizer.json", "--model", model_dir,
             needles=("not an exported model",))
+
+
+# item 9: say what runs, why not, and in words -------------------------------------------------------------
+def test_runtimes_says_why_not(tmp_path):
+    before = snapshot(tmp_path)
+    r = curmoe_cli("runtimes", cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    rows = [x.split(None, 2) for x in r.stdout.splitlines()]
+    assert all(len(x) == 3 and x[2].strip() for x in rows if x[1] == "no"), r.stdout  # every "no" has its reason
+    assert any(x[0] == "onnxruntime:cuda" and x[1] == "no" for x in rows)
+    assert snapshot(tmp_path) == before
+
+
+def test_info_is_readable_text_and_eval_names_its_runtime(model_dir, tmp_path, wikitext2):
+    r = curmoe_cli("info", model_dir)
+    assert r.returncode == 0 and r.stdout.startswith("Model(") and "parameters:" in r.stdout
+    assert "{" not in r.stdout.splitlines()[1]
+    r = curmoe_cli("eval", model_dir, "--max-tokens", "40")
+    assert r.returncode == 0 and "evaluating" in r.stderr and "on reference" in r.stderr, r.stderr
+    assert "NumPy reference" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_option_has_help():
+    from curmoe.app.cli import build_parser
+
+    p = build_parser()
+    sub = next(a for a in p._actions if a.dest == "command")
+    missing = [f"{name} {a.option_strings or a.dest}" for name, sp in sub.choices.items() for a in sp._actions
+               if a.help is None and a.dest != "help" and name not in ("bench",)]
+    assert missing == []

@@ -123,7 +123,7 @@ METHOD_HELP = {
 
 
 def _configure_compress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help="a curmoe model directory (curmoe convert makes one from Hugging Face)")
     p.add_argument("--method", choices=list(METHOD_HELP), default="cur-neuron",
                    help="; ".join(f"{k}: {v}" for k, v in METHOD_HELP.items()) + " (default: %(default)s)")
     p.add_argument("--ratio", type=float, required=True, help="fraction of expert parameters to remove, in (0, 1)")
@@ -217,8 +217,8 @@ _convert.configure = _configure_convert  # type: ignore[attr-defined]
 
 # info -------------------------------------------------------------------------------------------------------
 def _configure_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model_dir", help="a curmoe model directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("info", "describe a model directory (architecture, parameters, compression)")
@@ -229,8 +229,21 @@ def _info(args: argparse.Namespace) -> int:
     rec = {"model": repr(m), "params": m.n_params(), "expert_params": m.n_expert_params(),
            "compression": None if m.config.compression is None else
            {k: v for k, v in m.config.compression.items() if k != "matrices"}}
-    _emit(rec, args.json, lambda r: json.dumps(r, indent=2, default=str))
+    _emit(rec, args.json, _render_info)
     return 0
+
+
+def _render_info(r: dict[str, Any]) -> str:
+    lines = [r["model"], f"parameters: {r['params']:,} ({r['expert_params']:,} in experts)"]
+    c = r["compression"]
+    if c is None:
+        lines.append("compression: none (a dense model)")
+    else:
+        lines.append("compression:")
+        for k, v in c.items():
+            v = json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
+            lines.append(f"  {k}: {v}")
+    return "\n".join(lines)
 
 
 _info.configure = _configure_info  # type: ignore[attr-defined]
@@ -327,7 +340,7 @@ def _configure_validate(p: argparse.ArgumentParser) -> None:
                    help="default: from the file: onnxruntime:cpu for .onnx, openvino:cpu for .xml, coreml (macOS) "
                         "or coreml:mil for .mlpackage")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _check_onnx_readable(path: str) -> None:
@@ -429,15 +442,16 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None,
                    help="default: from the path: reference for a model directory, onnxruntime:cpu for .onnx, "
                         "openvino:cpu for .xml, coreml (macOS) or coreml:mil for .mlpackage")
-    p.add_argument("--dataset", choices=["wikitext2"], default="wikitext2")
-    p.add_argument("--split", choices=["valid", "test", "train"], default="valid")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--dataset", choices=["wikitext2"], default="wikitext2", help="(default: %(default)s)")
+    p.add_argument("--split", choices=["valid", "test", "train"], default="valid", help="(default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json (default: the model directory's, or the one beside an exported file)")
     p.add_argument("--context", type=int, default=None, help="window length (default: the model's max_seq_len)")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: non-overlapping)")
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens (stated in output)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("eval", "perplexity (token and word level) on WikiText-2 through the reference or a runtime")
@@ -445,6 +459,11 @@ def _eval(args: argparse.Namespace) -> int:
     from curmoe.runtimes.evaluate import evaluate_wikitext2, find_tokenizer
 
     sess = _open(args.model, args.runtime, args.threads)
+    if not args.json:
+        name = sess.info().name
+        note = (" (the NumPy reference: exact but slow on a whole split; export the model and pass X.onnx for "
+                "ONNX Runtime, or --max-tokens N)") if name.startswith("reference") else ""
+        print(f"evaluating {args.model} on {name}{note}", file=sys.stderr, flush=True)
     res = evaluate_wikitext2(sess, find_tokenizer(args.model, args.tokenizer), split=args.split,
                              data_dir=args.data_dir, context=args.context, stride=args.stride,
                              max_tokens=args.max_tokens, progress=not args.json)
@@ -460,15 +479,16 @@ _eval.configure = _configure_eval  # type: ignore[attr-defined]
 
 # generate ---------------------------------------------------------------------------------------------------
 def _configure_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model")
-    p.add_argument("--runtime", default=None)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", help="a model directory or an exported file (.onnx, .xml, .mlpackage)")
+    p.add_argument("--runtime", default=None, help="default: chosen from the path, as for eval")
+    p.add_argument("--prompt", required=True, help="the text to continue (not empty)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate, >= 1 (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json (default: the model directory's, or the one beside an exported file)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("generate", "generate text with a KV cache on any runtime")
@@ -503,17 +523,20 @@ _generate.configure = _configure_generate  # type: ignore[attr-defined]
 
 # runtimes ---------------------------------------------------------------------------------------------------
 def _configure_runtimes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("runtimes", "list the runtimes and devices usable on this machine")
 def _runtimes(args: argparse.Namespace) -> int:
     from curmoe.runtimes import available, names
 
-    avail = dict(available())
-    rows = [{"name": n, "available": n in avail, "devices": avail.get(n, [])} for n in names()]
+    reasons: dict[str, str] = {}
+    avail = dict(available(reasons))
+    rows = [{"name": n, "available": n in avail, "devices": avail.get(n, []), "reason": reasons.get(n)}
+            for n in names()]
     _emit({"runtimes": rows}, args.json, lambda r: "\n".join(
-        f"{x['name']:<24} {'yes' if x['available'] else 'no ':<4} {', '.join(x['devices'])}" for x in r["runtimes"]))
+        f"{x['name']:<24} {'yes' if x['available'] else 'no ':<4} "
+        + (", ".join(x["devices"]) if x["available"] else (x["reason"] or "")) for x in r["runtimes"]))
     return 0
 
 
@@ -525,7 +548,7 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
     from curmoe.app.bench import build_parser
 
     build_parser(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("bench", "decode tokens/s, prefill latency and roofline for every runtime row, in one run")
@@ -547,8 +570,8 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory (default: the shipped models/wt2-moe-8x)")
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
     p.add_argument("--max-eval-tokens", type=int, default=None, help="score only the first N valid tokens")
-    p.add_argument("--skip-decompositions", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--skip-decompositions", action="store_true", help="skip step [1], the single-matrix comparison")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("demo", "the main job: decompositions side by side, then the shipped model compressed and evaluated")
@@ -591,7 +614,7 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="docs/results/data", help="folder of the benchmarks' results files")
     p.add_argument("--out", default=None, help="where the pages and figures go (default: the parent of --data)")
     p.add_argument("--readme", default=None, help="also rewrite the results block of this README")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 @command("report", "write docs/results/ (Markdown + figures) from the stored benchmark measurements")
@@ -616,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="curmoe", description="Compress MoE models with CUR; export, run, validate.")
     p.add_argument("--version", action="version", version=f"curmoe {curmoe.__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
     for name, (fn, help) in _COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help)
