@@ -263,3 +263,19 @@ def test_every_option_has_help():
     missing = [f"{name} {a.option_strings or a.dest}" for name, sp in sub.choices.items() for a in sp._actions
                if a.help is None and a.dest != "help" and name not in ("bench",)]
     assert missing == []
+
+
+# items 7 and 8: method names users know; bad options fail before any work ---------------------------------
+def test_bad_compress_options_fail_before_calibration(model_dir, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    for method in ("cur", "cur-neuron"):
+        refused(tmp_path, "compress", model_dir, "--method", method, "--selection", "foo", "--ratio", "0.5",
+                "--calib", "wikitext2:train", "--calib-tokens", "10000000", "-o", tmp_path / "o",
+                needles=("foo",))
+    refused(tmp_path, "compress", model_dir, "--method", "svd-llm", "--ratio", "0.5", "-o", tmp_path / "o",
+            needles=("--calib",))
+    assert time.perf_counter() - t0 < 60  # no calibration ran (10M tokens would take far longer)
+    r = curmoe_cli("compress", "--help")
+    assert r.returncode == 0 and all(m in r.stdout for m in ("cur-neuron", "svd-llm", "svd:", "cur:"))
