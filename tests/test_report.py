@@ -165,7 +165,7 @@ def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:
     # best interpretable chosen on valid: cur-neuron at 50% (valid 11.3) although cur-neuron global has the lower test
     assert "| 50% | cur-neuron: **1.06x** | 1.09x | - | svd-llm: 1.09x | 0.97x |" in comp
     assert "| 70% | cur-neuron global seq: **1.18x** | 1.37x | 1.20x | svd-llm global: 1.20x | 0.98x |" in comp
-    assert "| best interpretable one-shot <= 1.05x at 50% | cur-neuron: 1.06x | **missed** |" in comp
+    assert "| best interpretable one-shot <= 1.05x at 50% | cur-neuron: 1.060x | **missed** |" in comp
     assert "- Sequential instead of one-pass calibration for cur-neuron global: lower test perplexity at 0 of 1 ratios " \
            "(70%: 1.15x -> 1.18x)." in comp
     assert "- Healing for cur-neuron global: lower test perplexity at 1 of 1 ratios (70%: 1.15x -> 1.08x)." in comp
@@ -203,20 +203,20 @@ def test_issue_12_targets_are_computed_from_the_rows() -> None:
     data = compression_data()
     got = {t["target"]: (t["measured"], t["status"]) for t in compression_targets(data)}
     assert got == {
-        "best interpretable one-shot <= 1.05x at 50%": ("cur-neuron: 1.06x", "missed"),  # chosen on valid
-        "best interpretable one-shot <= 1.20x at 70%": ("cur-neuron global seq: 1.18x", "met"),
-        "best interpretable one-shot <= 1.60x at 80%": ("cur-neuron global: 1.70x", "missed"),
+        "best interpretable one-shot <= 1.05x at 50%": ("cur-neuron: 1.060x", "missed"),  # chosen on valid
+        "best interpretable one-shot <= 1.20x at 70%": ("cur-neuron global seq: 1.180x", "met"),
+        "best interpretable one-shot <= 1.60x at 80%": ("cur-neuron global: 1.700x", "missed"),
         "best interpretable one-shot below SVD-LLM (uniform and allocated) at 30%": (
             "interpretable: not measured; svd-llm: not measured; svd-llm global: not measured", "not measured"),
         "best interpretable one-shot below SVD-LLM (uniform and allocated) at 50%": (  # no svd-llm global at 50%
-            "cur-neuron: 1.06x; svd-llm: 1.09x; svd-llm global: not measured", "not measured"),
+            "cur-neuron: 1.060x; svd-llm: 1.090x; svd-llm global: not measured", "not measured"),
         "best interpretable one-shot below SVD-LLM (uniform and allocated) at 70%": (
-            "cur-neuron global seq: 1.18x; svd-llm: 1.37x; svd-llm global: 1.20x", "met"),
+            "cur-neuron global seq: 1.180x; svd-llm: 1.370x; svd-llm global: 1.200x", "met"),
         "best interpretable one-shot below SVD-LLM (uniform and allocated) at 80%": (  # above the uniform one
-            "cur-neuron global: 1.70x; svd-llm: 1.60x; svd-llm global: not measured", "missed"),
-        "best interpretable healed <= 1.10x at 70%": ("cur-neuron global +heal: 1.08x", "met"),
+            "cur-neuron global: 1.700x; svd-llm: 1.600x; svd-llm global: not measured", "missed"),
+        "best interpretable healed <= 1.10x at 70%": ("cur-neuron global +heal: 1.080x", "met"),
         "best interpretable healed below SVD-LLM healed alike at 70%": (
-            "cur-neuron global +heal: 1.08x; svd-llm +heal: 1.12x", "met"),
+            "cur-neuron global +heal: 1.080x; svd-llm +heal: 1.120x", "met"),
         "compress time cur-neuron global <= svd-llm at 50%": ("2.0 s / 3.0 s = 0.67x", "met"),
         "compress time cur-neuron global <= svd-llm at 70%": ("4.0 s / 3.0 s = 1.33x", "missed"),
         "compress time cur-neuron global <= svd-llm at 80%": ("4.0 s / 3.0 s = 1.33x", "missed"),
@@ -244,7 +244,7 @@ def test_old_compression_files_still_render(tmp_path: Path) -> None:
     assert "| dense | - | 0.0% | 0.0% | 1.00 M | - | 0.000 |" in comp
     assert "on the full splits." in comp
     assert "## Healed" not in comp
-    assert "| best interpretable one-shot <= 1.20x at 70% | cur-deim aware: 8.00x | **missed** |" in comp
+    assert "| best interpretable one-shot <= 1.20x at 70% | cur-deim aware: 8.000x | **missed** |" in comp
     assert "| compress time cur-neuron global <= svd-llm at 70% | - | **not measured** |" in comp
 
 

@@ -253,6 +253,10 @@ def compression_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     test token perplexity / dense."""
     dense, rows = _compression_rows(data)
     d = dense["test"]["ppl_token"]
+
+    def _mult(r: dict[str, Any] | None, dense_ppl: float) -> str:  # 3 decimals: a target is missed by a hair
+        return "-" if r is None else f"{r['test']['ppl_token'] / dense_ppl:.3f}x"
+
     one = [r for r in rows if not _healed(r)]
     heal = [r for r in rows if _healed(r)]
     best = {b["ratio"]: b for b in _best_per_ratio(rows)}
