@@ -9,7 +9,14 @@ import pytest
 
 import curmoe
 from curmoe.app.cli import main as cli
-from curmoe.app.report import README_BEGIN, README_END, SOURCES, compression_targets, headline, report
+from curmoe.app.report import (
+    README_BEGIN,
+    README_END,
+    compression_targets,
+    headline,
+    load_results,
+    report,
+)
 from curmoe.app.results import provenance, read_results, write_results
 
 pytest.importorskip("matplotlib")
@@ -349,6 +356,5 @@ def test_committed_pages_match_the_committed_measurements(tmp_path: Path) -> Non
         assert page.read_text() == (ROOT / "docs/results" / page.name).read_text(), (
             f"docs/results/{page.name} differs from the data; run `curmoe report --readme README.md`")
     readme = (ROOT / "README.md").read_text()
-    results = {n: read_results(ROOT / "docs/results/data" / f) for n, (f, _) in SOURCES.items()
-               if (ROOT / "docs/results/data" / f).exists()}
+    results = load_results(ROOT / "docs/results/data")
     assert headline(results) in readme, "README results block is stale; run `curmoe report --readme README.md`"

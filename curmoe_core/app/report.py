@@ -31,7 +31,7 @@ from curmoe.app.results import read_results
 from curmoe.common.errors import InvalidInputError
 from curmoe.common.io import atomic_write
 
-__all__ = ["report", "SOURCES", "README_BEGIN", "README_END"]
+__all__ = ["report", "load_results", "SOURCES", "README_BEGIN", "README_END"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,16 @@ SOURCES = {
 # compression page when present.
 HEALING = ("healing.json", 'python benchmarks/compression.py --methods "cur-neuron global +heal,svd-llm +heal,'
                            'svd-llm global +heal" --out docs/results/data/healing.json')
+
+
+def load_results(data_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Every stored measurement in ``data_dir`` by source name (healed rows merged into "compression")."""
+    data_dir = Path(data_dir)
+    results = {name: read_results(data_dir / file) for name, (file, _) in SOURCES.items()
+               if (data_dir / file).exists()}
+    if "compression" in results and (data_dir / HEALING[0]).exists():
+        results["compression"] = merge_healing(results["compression"], read_results(data_dir / HEALING[0]))
+    return results
 
 
 def merge_healing(comp: dict[str, Any], heal: dict[str, Any]) -> dict[str, Any]:
@@ -919,10 +929,7 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
     if not data_dir.is_dir():
         raise InvalidInputError(f"no results folder at {data_dir}; run the benchmarks (see {__name__}) or pass "
                                 "--data DIR")
-    results = {name: read_results(data_dir / file) for name, (file, _) in SOURCES.items()
-               if (data_dir / file).exists()}
-    if "compression" in results and (data_dir / HEALING[0]).exists():
-        results["compression"] = merge_healing(results["compression"], read_results(data_dir / HEALING[0]))
+    results = load_results(data_dir)
     missing = [n for n in SOURCES if n not in results]
     for n in missing:
         log.warning("no %s results (%s); its page says how to make them", n, SOURCES[n][0])
