@@ -54,3 +54,8 @@ def compressed(model: curmoe.Model, method: str, fold_u: bool = False) -> curmoe
     """CUR (``method="cur"``) or SVD-compressed copy of a baby model at ratio 0.5, via ``curmoe.compress``."""
     cfg = curmoe.CURConfig(ratio=0.5, fold_u=fold_u) if method == "cur" else curmoe.SVDConfig(ratio=0.5)
     return curmoe.compress(model, cfg, progress=False)
+
+
+# A corpus for a real (small) BPE tokenizer (the CLI tests' model, tests/conftest.py::model_dir).
+TEXT = ["the cat sat on the mat .", "a dog ran in the park .", "the sun is hot and the sky is blue .",
+        "we eat bread and drink tea ."] * 20

@@ -24,3 +24,20 @@ def wikitext2() -> None:
         curmoe.data_dir()
     except curmoe.DataNotFoundError:
         pytest.skip("WikiText-2 not available (set CURMOE_DATA_DIR)")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A saved baby model directory with its own small BPE tokenizer (the CLI tests' model)."""
+    pytest.importorskip("tokenizers")
+    import curmoe
+    from curmoe.models.tokenizer import save_tokenizer, train_bpe_tokenizer
+    from tests.babies import TEXT, baby_config
+
+    d = tmp_path_factory.mktemp("cli")
+    tok = train_bpe_tokenizer(TEXT, vocab_size=80, min_frequency=1)
+    tpath = save_tokenizer(tok, d / "tok.json")
+    cfg = baby_config(vocab_size=tok.get_vocab_size(), eos_token_id=tok.token_to_id("<eos>"))
+    model = curmoe.Model.random(cfg, seed=0, std=0.3)
+    model.tokenizer_path = tpath
+    return model.save(d / "dense")

@@ -7,28 +7,14 @@ import json
 
 import pytest
 
-import curmoe
 from curmoe.app.cli import main
-from tests.babies import baby_config
+from tests.babies import TEXT
 
 pytest.importorskip("onnxruntime")
 tokenizers = pytest.importorskip("tokenizers")
 
-TEXT = ["the cat sat on the mat .", "a dog ran in the park .", "the sun is hot and the sky is blue .",
-        "we eat bread and drink tea ."] * 20
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from curmoe.models.tokenizer import save_tokenizer, train_bpe_tokenizer
-
-    d = tmp_path_factory.mktemp("cli")
-    tok = train_bpe_tokenizer(TEXT, vocab_size=80, min_frequency=1)
-    tpath = save_tokenizer(tok, d / "tok.json")
-    cfg = baby_config(vocab_size=tok.get_vocab_size(), eos_token_id=tok.token_to_id("<eos>"))
-    model = curmoe.Model.random(cfg, seed=0, std=0.3)
-    model.tokenizer_path = tpath
-    return model.save(d / "dense")
 
 
 def run_json(capsys, *argv):

@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import curmoe
-from tests.babies import baby_config
-
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = ["the cat sat on the mat .", "a dog ran in the park .", "the sun is hot and the sky is blue .",
-        "we eat bread and drink tea ."] * 20
 
 
 def curmoe_cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -57,17 +52,6 @@ def refused(root: Path, *argv: str, needles: tuple[str, ...] = (), code: int = 2
     return r.stderr.strip()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from curmoe.models.tokenizer import save_tokenizer, train_bpe_tokenizer
-
-    d = tmp_path_factory.mktemp("trust")
-    tok = train_bpe_tokenizer(TEXT, vocab_size=80, min_frequency=1)
-    tpath = save_tokenizer(tok, d / "tok.json")
-    cfg = baby_config(vocab_size=tok.get_vocab_size(), eos_token_id=tok.token_to_id("<eos>"))
-    model = curmoe.Model.random(cfg, seed=0, std=0.3)
-    model.tokenizer_path = tpath
-    return model.save(d / "dense")
 
 
 # item 2: never clobber -------------------------------------------------------------------------------------
