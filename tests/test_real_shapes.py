@@ -12,7 +12,6 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from curmoe.exporters import OnnxExportConfig, export  # noqa: E402
-
 from tests.babies import VARIANTS, baby_model, random_ids  # noqa: E402
 
 F32_REL = 2e-5  # float32 graph vs float64 reference, relative to the largest |logit|
