@@ -31,6 +31,35 @@ def command(name: str, help: str) -> Callable:
     return deco
 
 
+# export formats that write a folder (ort-genai, ov-genai, hf, ...): name -> (help, write(model, tmp_dir, args))
+_FOLDER_FORMATS: dict[str, tuple[str, Callable[..., dict[str, Any]]]] = {}
+
+
+def folder_format(name: str, help: str) -> Callable:
+    """Register ``write(model, folder, args) -> dict`` as ``curmoe export --format NAME -o FOLDER``.
+
+    ``write`` fills ``folder`` (a fresh temporary directory that replaces ``-o`` atomically when it returns) and
+    returns a record to print; it may raise :class:`curmoe.CurmoeError` before writing anything it cannot do.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        _FOLDER_FORMATS[name] = (help, fn)
+        return fn
+
+    return deco
+
+
+def _load_command_modules() -> None:
+    """Import every module of :mod:`curmoe.app.commands`: each registers its subcommands or export formats."""
+    import importlib
+    import pkgutil
+
+    from curmoe.app import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}")
+
+
 def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
     print(json.dumps(result, indent=None if as_json else 2, default=str) if as_json else render(result))
 
@@ -252,8 +281,9 @@ _info.configure = _configure_info  # type: ignore[attr-defined]
 # export -----------------------------------------------------------------------------------------------------
 def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="a curmoe model directory (dense or compressed)")
-    p.add_argument("--format", choices=["onnx", "openvino", "coreml"], default="onnx",
-                   help="onnx: X.onnx; openvino: X.xml + X.bin (IR); coreml: X.mlpackage (default: %(default)s)")
+    p.add_argument("--format", choices=["onnx", "openvino", "coreml", *_FOLDER_FORMATS], default="onnx",
+                   help="onnx: X.onnx; openvino: X.xml + X.bin (IR); coreml: X.mlpackage"
+                   + "".join(f"; {k}: {h}" for k, (h, _) in _FOLDER_FORMATS.items()) + " (default: %(default)s)")
     p.add_argument("--dispatch", choices=["sparse", "dense"], default="sparse",
                    help="sparse: run only the selected experts; dense: every expert, masked by its gates "
                         "(default: %(default)s)")
@@ -295,6 +325,8 @@ def _export(args: argparse.Namespace) -> int:
     import curmoe
     from curmoe.exporters import OnnxExportConfig, export
 
+    if args.format in _FOLDER_FORMATS:
+        return _export_folder(args)
     path = _export_target(args.output, args.format)
     written = [path] + ([path.with_suffix(".bin")] if args.format == "openvino" else [])
     written += [path.with_name(path.name + ".data")] if args.format == "onnx" else []
@@ -330,6 +362,31 @@ def _export(args: argparse.Namespace) -> int:
 
 
 _export.configure = _configure_export  # type: ignore[attr-defined]
+
+
+def _export_folder(args: argparse.Namespace) -> int:
+    """A folder format: refuse an existing -o unless --force, then fill a temporary folder that replaces it."""
+    from pathlib import Path
+
+    from curmoe.common.errors import InvalidInputError
+    from curmoe.common.io import atomic_dir
+
+    out = Path(args.output)
+    _check_parent(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise InvalidInputError(f"{args.output!r} is a file; --format {args.format} writes a folder: choose "
+                                    "another -o")
+        if not args.force:
+            raise InvalidInputError(f"{args.output!r} already exists; pass --force to replace it, or choose "
+                                    "another -o")
+    model = _load_model(args.model_dir)
+    _, write = _FOLDER_FORMATS[args.format]
+    with atomic_dir(out) as tmp:
+        rec = dict(write(model, tmp, args))
+    rec = {"output": str(out), "format": args.format, **rec}
+    _emit(rec, args.json, lambda r: f"wrote {r['output']} ({r['format']})")
+    return 0
 
 
 # validate ---------------------------------------------------------------------------------------------------
@@ -641,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"curmoe {curmoe.__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True)
+    _load_command_modules()
     for name, (fn, help) in _COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help)
         fn.configure(sp)
