@@ -10,6 +10,7 @@ from __future__ import annotations
 from curmoe.compress._calibration import Calibration, LayerCalibration, calibrate
 from curmoe.compress._compress import compress, register_compression
 from curmoe.compress._configs import ALLOCATIONS, NEURON_RULES, CURConfig, NeuronConfig, SVDConfig
+from curmoe.compress._stream import compress_checkpoint
 
-__all__ = ["compress", "CURConfig", "SVDConfig", "NeuronConfig", "calibrate", "Calibration", "LayerCalibration",
-           "register_compression", "ALLOCATIONS", "NEURON_RULES"]
+__all__ = ["compress", "compress_checkpoint", "CURConfig", "SVDConfig", "NeuronConfig", "calibrate", "Calibration",
+           "LayerCalibration", "register_compression", "ALLOCATIONS", "NEURON_RULES"]

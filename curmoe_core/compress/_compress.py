@@ -37,7 +37,7 @@ from curmoe.compress._configs import CURConfig, NeuronConfig, SVDConfig
 from curmoe.compress._matrix import cur_matrix, svd_matrix
 from curmoe.compress._neuron import neuron_expert, neurons_for_ratio
 from curmoe.decompose import CalibStats
-from curmoe.reference import Linear, Model, expert_keys
+from curmoe.reference import Linear, Model, ModelConfig, expert_keys
 
 __all__ = ["compress", "register_compression", "calibrate", "Calibration"]
 
@@ -198,10 +198,19 @@ _SPEC_KEYS = ("kind", "rank", "n_cols", "folded", "n_neurons", "role")
 
 def _finish(model: Model, config: Config, experts: dict[str, Linear], per_matrix: dict[str, dict[str, Any]],
             calib: Calibration | None, ids: np.ndarray | None, seconds: float) -> Model:
-    factors = {k: {f: r[f] for f in _SPEC_KEYS if f in r} for k, r in per_matrix.items()}
-    before = model.n_expert_params(shared=config.include_shared)
     out = Model(model.config, model.tensors, experts, model.tokenizer_path, model.storage_dtype)
-    after = out.n_expert_params(shared=config.include_shared)
+    counts = (model.n_expert_params(shared=config.include_shared), out.n_expert_params(shared=config.include_shared),
+              model.n_params(), out.n_params())
+    out.config = _compressed_config(model.config, config, per_matrix, counts, ids, seconds)
+    return out
+
+
+def _compressed_config(base: ModelConfig, config: Config, per_matrix: dict[str, dict[str, Any]],
+                       counts: tuple[int, int, int, int], ids: np.ndarray | None, seconds: float) -> ModelConfig:
+    """``base`` with the factors and the compression record; ``counts`` = (expert params before, after, all params
+    before, after). Shared with the streamed path (``_stream.py``), which counts without holding the model."""
+    factors = {k: {f: r[f] for f in _SPEC_KEYS if f in r} for k, r in per_matrix.items()}
+    before, after, all_before, all_after = counts
     record = {
         "method": config.method,
         "config": asdict(config),
@@ -209,17 +218,16 @@ def _finish(model: Model, config: Config, experts: dict[str, Linear], per_matrix
         "expert_params_before": before,
         "expert_params_after": after,
         "ratio_expert_params": 1.0 - after / before,
-        "params_before": model.n_params(),
-        "params_after": out.n_params(),
-        "ratio_all_params": 1.0 - out.n_params() / model.n_params(),
+        "params_before": all_before,
+        "params_after": all_after,
+        "ratio_all_params": 1.0 - all_after / all_before,
         "calib_tokens": None if ids is None else int(ids.size),
         "calibration": "sequential" if config.sequential else ("one-pass" if ids is not None else "none"),
         "fallback_matrices": sorted(k for k, r in per_matrix.items() if r.get("stats") == "layer"),
         "time_s": seconds,
         "matrices": per_matrix,
     }
-    # Normalise through JSON so the in-memory record equals what config.json will hold (tuples become lists).
-    out.config = replace(model.config, factors=factors, compression=json.loads(json.dumps(record)))
     log.info("compressed with %s: %.1f%% of expert parameters removed (%.1f%% of all)",
              config.method, 100 * record["ratio_expert_params"], 100 * record["ratio_all_params"])
-    return out
+    # Normalise through JSON so the in-memory record equals what config.json will hold (tuples become lists).
+    return replace(base, factors=factors, compression=json.loads(json.dumps(record)))
