@@ -24,12 +24,16 @@ from curmoe.reference._config import ModelConfig
 from curmoe.reference._linear import DenseLinear, Linear
 from curmoe.reference._moe import Observer, expert_forward, moe_block
 from curmoe.reference._ops import rms_norm
+from curmoe.reference._upcast import Float64Experts, Float64Tensors
 from curmoe.reference.names import expected_tensors
 from curmoe.routing import Routing
 
-__all__ = ["Model", "ModelOutput", "load"]
+__all__ = ["Model", "ModelOutput", "load", "LAZY_ORACLE_BYTES"]
 
 log = logging.getLogger(__name__)
+
+# Above this many bytes of float64 weights, Model.oracle() upcasts layer by layer instead of copying the model.
+LAZY_ORACLE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,26 @@ class Model:
 
     @property
     def dtype(self) -> np.dtype:
+        if isinstance(self.tensors, Float64Tensors):
+            return np.dtype(np.float64)
         return self.tensors["embed.weight"].dtype
+
+    def oracle(self, *, lazy: bool | None = None) -> Model:
+        """This model computing in float64: the oracle runtimes are validated against.
+
+        A small model (or ``lazy=False``) is copied with :meth:`astype`. A large one (more than
+        ``LAZY_ORACLE_BYTES`` of float64 weights, or ``lazy=True``) gets read-only views that upcast each weight
+        when a layer reads it and drop it afterwards: the same float64 values (identical outputs) for one layer's
+        float64 weights of extra memory instead of the whole model's, at the cost of re-casting on every call.
+        """
+        if self.dtype == np.float64:
+            return self
+        if lazy is None:
+            lazy = 8 * self.n_params() > LAZY_ORACLE_BYTES
+        if not lazy:
+            return self.astype(np.float64)
+        return Model(self.config, Float64Tensors(self.tensors), Float64Experts(self.experts),  # type: ignore[arg-type]
+                     self.tokenizer_path, self.storage_dtype)
 
     def astype(self, dtype: np.dtype) -> Model:
         """A copy computing in ``dtype`` (e.g. np.float64 for the oracle). Index vectors stay int64."""
@@ -200,10 +223,13 @@ class Model:
         return x + y, k, v, routing
 
     def _layer(self, l: int) -> dict[str, np.ndarray]:
-        """This layer's tensors with the "layers.{l}." prefix (and "attn.") stripped, built once and cached."""
+        """This layer's tensors with the "layers.{l}." prefix (and "attn.") stripped, built once and cached
+        (for a lazy float64 oracle, built on every call so that the casts die with the call)."""
+        pre = f"layers.{l}."
+        if isinstance(self.tensors, Float64Tensors):
+            return {k[len(pre):].removeprefix("attn."): self.tensors[k] for k in self.tensors if k.startswith(pre)}
         cache = self.__dict__.setdefault("_layer_cache", {})
         if l not in cache:
-            pre = f"layers.{l}."
             cache[l] = {
                 k[len(pre):].removeprefix("attn."): v for k, v in self.tensors.items() if k.startswith(pre)
             }

@@ -1,0 +1,63 @@
+"""The float64 oracle of a large model upcasts layer by layer: same numbers as a float64 copy, less memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import curmoe
+from tests.babies import VARIANTS, baby_model, compressed, random_ids
+
+
+@pytest.mark.parametrize("variant", ["mixtral", "qwen2_moe", "olmoe", "gelu_dense_layer", "sigmoid_bias"])
+def test_lazy_oracle_equals_float64_copy(variant: str) -> None:
+    m = baby_model(dtype=np.float32, **VARIANTS[variant])
+    eager, lazy = m.oracle(lazy=False), m.oracle(lazy=True)
+    assert lazy.dtype == np.float64 and all(v.dtype == np.float32 for v in m.tensors.values())
+    ids = random_ids(m, 3, 9)
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    a, b = eager.run(ids, attention_mask=mask), lazy.run(ids, attention_mask=mask)
+    np.testing.assert_array_equal(a.logits, b.logits)  # bit-identical: the same float64 weights
+    for ra, rb in zip(a.routings, b.routings, strict=True):
+        for x, y in zip(ra, rb, strict=True):
+            np.testing.assert_array_equal(x.experts, y.experts)
+    ca, cb = eager.new_cache(), lazy.new_cache()  # cached decode, step by step
+    eager.forward(ids, attention_mask=mask, cache=ca), lazy.forward(ids, attention_mask=mask, cache=cb)
+    tok = random_ids(m, 3, 1, seed=5)
+    one = np.ones_like(tok)
+    np.testing.assert_array_equal(eager.forward(tok, attention_mask=one, cache=ca),
+                                  lazy.forward(tok, attention_mask=one, cache=cb))
+
+
+@pytest.mark.parametrize("method", ["cur", "svd", "cur-neuron"])
+def test_lazy_oracle_of_compressed_models(method: str) -> None:
+    base = baby_model(dtype=np.float32)
+    if method == "cur-neuron":
+        m = curmoe.compress(base, curmoe.NeuronConfig(ratio=0.5), calib_ids=random_ids(base, 8, 16, seed=3),
+                            progress=False)
+    else:
+        m = compressed(base, method)
+    ids = random_ids(m, 2, 7)
+    np.testing.assert_array_equal(m.oracle(lazy=False).forward(ids), m.oracle(lazy=True).forward(ids))
+
+
+def test_oracle_choice() -> None:
+    m = baby_model(dtype=np.float32)
+    assert m.oracle().tensors.__class__ is dict  # small: a plain float64 copy
+    m64 = baby_model(dtype=np.float64)
+    assert m64.oracle() is m64  # already float64
+    lazy = m.oracle(lazy=True)
+    assert lazy.n_params() == m.n_params() and set(lazy.experts) == set(m.experts)
+    with pytest.raises(TypeError):
+        lazy.tensors["embed.weight"] = np.zeros(1)  # read-only: the oracle never changes the model
+
+
+def test_lazy_oracle_of_a_large_model_is_chosen_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import curmoe.reference._model as mod
+
+    m = baby_model(dtype=np.float32)
+    monkeypatch.setattr(mod, "LAZY_ORACLE_BYTES", 8 * m.n_params())
+    assert isinstance(m.oracle().tensors, dict)
+    monkeypatch.setattr(mod, "LAZY_ORACLE_BYTES", 8 * m.n_params() - 1)
+    assert not isinstance(m.oracle().tensors, dict)
