@@ -21,7 +21,7 @@ from curmoe.common.checks import check_int, check_number
 from curmoe.common.errors import InvalidInputError
 from curmoe.runtimes.base import Session
 
-__all__ = ["generate", "cache_layout", "empty_cache"]
+__all__ = ["generate", "cache_layout", "empty_cache", "sample_next"]
 
 log = logging.getLogger(__name__)
 _PAST = re.compile(r"^past\.(\d+)\.(key|value)$")
@@ -61,6 +61,12 @@ def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
         q = p[b, keep] / p[b, keep].sum()
         out[b] = keep[rng.choice(len(keep), p=q)]
     return out
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """The next token per row of ``logits`` (B, V), exactly as :func:`generate` picks it (greedy when
+    ``temperature == 0``, else nucleus sampling drawing from ``rng``): for servers that step sequences themselves."""
+    return _sample(logits, temperature, top_p, rng)
 
 
 def generate(
