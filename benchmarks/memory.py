@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     with safe_open(str(model / "model.safetensors"), framework="numpy") as f:
         n_params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
     fp32 = 4 * n_params
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     cmds = commands(model, work, args.threads)
     names = list(cmds) if not args.only else args.only.split(",")
     rows: dict[str, Any] = {}

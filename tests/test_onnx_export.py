@@ -369,6 +369,25 @@ def test_external_data(tmp_path):
     check_numbers(p, model, F32_REL, "all")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_streamed_external_data_equals_inline_weights(tmp_path, dtype):
+    """Weights streamed to the data file while the graph is built: the same tensors as an inline export, each at
+    a 4096-aligned offset, the graph itself identical."""
+    model = compressed(baby_model(), "cur")
+    ext = onnx.load(str(export(model, OnnxExportConfig(external_data=True, dtype=dtype), tmp_path / "e.onnx")))
+    inl = onnx.load(str(export(model, OnnxExportConfig(external_data=False, dtype=dtype), tmp_path / "i.onnx")))
+    a = {i.name: onnx.numpy_helper.to_array(i) for i in ext.graph.initializer}
+    b = {i.name: onnx.numpy_helper.to_array(i) for i in inl.graph.initializer}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(a[k], b[k]), k
+    assert [n.op_type for n in ext.graph.node] == [n.op_type for n in inl.graph.node]
+    offsets = [int({e.key: e.value for e in i.external_data}["offset"])
+               for i in onnx.load(str(tmp_path / "e.onnx"), load_external_data=False).graph.initializer
+               if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert offsets and all(o % 4096 == 0 for o in offsets)
+
+
 def test_bad_path(tmp_path):
     with pytest.raises(curmoe.InvalidInputError, match="must end in .onnx"):
         export(baby_model(), OnnxExportConfig(), tmp_path / "m.bin")

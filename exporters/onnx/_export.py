@@ -43,7 +43,7 @@ from curmoe.common.errors import (
 from curmoe.exporters._checks import check_exportable, common_metadata
 from curmoe.exporters.onnx._attention import attention, prologue, rms_norm
 from curmoe.exporters.onnx._config import EXTERNAL_DATA_BYTES, OnnxExportConfig
-from curmoe.exporters.onnx._graph import GraphBuilder
+from curmoe.exporters.onnx._graph import ExternalData, GraphBuilder
 from curmoe.exporters.onnx._moe import dense_ffn, fused_applies, moe_layer
 from curmoe.reference import CURLinear, Model
 from curmoe.reference.names import routing_logits, routing_selected
@@ -73,11 +73,12 @@ def build_model(model: Model, config: OnnxExportConfig) -> onnx.ModelProto:
     return _build(model, config)[0]
 
 
-def _build(model: Model, config: OnnxExportConfig) -> tuple[onnx.ModelProto, int]:
+def _build(model: Model, config: OnnxExportConfig, external: ExternalData | None = None
+           ) -> tuple[onnx.ModelProto, int]:
     _check(model, config)
     cfg = model.config
     act = np.dtype(config.dtype)
-    g = GraphBuilder(act)
+    g = GraphBuilder(act, external)
     t, cache = model.tensors, config.with_cache
     ctx = prologue(g, cfg, cache)
 
@@ -142,18 +143,21 @@ def export_onnx(model: Model, config: OnnxExportConfig, path: str | os.PathLike[
         raise InvalidInputError(f"ONNX output path {str(path)!r} must end in .onnx")
     if path.is_dir():
         raise InvalidInputError(f"ONNX output path {str(path)!r} is a directory; pass a file name ending in .onnx")
-    proto, weight_bytes = _build(model, config)
-    external = config.external_data if config.external_data is not None else weight_bytes > EXTERNAL_DATA_BYTES
+    # decided before building (weights of the export's dtype), so that external weights are streamed to their file
+    estimate = model.n_params() * np.dtype(config.dtype).itemsize
+    external = config.external_data if config.external_data is not None else estimate > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         tmp = tmpdir / path.name
         data_name = path.name + ".data"
-        if external:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+        if external:  # weights go to the data file as they are added: the proto never holds them
+            with ExternalData(tmpdir / data_name, data_name) as ext:
+                proto, weight_bytes = _build(model, config, ext)
+            onnx.save_model(proto, tmp)
             onnx.shape_inference.infer_shapes_path(str(tmp), str(tmp), strict_mode=True, data_prop=True)
         else:
+            proto, weight_bytes = _build(model, config)
             proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
             onnx.save_model(proto, tmp)
         del proto

@@ -9,13 +9,14 @@ Activations are kept 2-D (tokens, features) for every linear map, so each MatMul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["GraphBuilder", "ONNX_DTYPE"]
+__all__ = ["GraphBuilder", "ExternalData", "ONNX_DTYPE"]
 
 ONNX_DTYPE = {
     np.dtype(np.float32): TensorProto.FLOAT,
@@ -27,14 +28,55 @@ ONNX_DTYPE = {
 }
 
 
+class ExternalData:
+    """Writes initializers straight into one external data file while the graph is built, so the graph never holds a
+    second copy of the weights (a 3.4 GB model would otherwise sit in memory twice: as NumPy arrays and as protobuf
+    ``raw_data``). The layout is ONNX's external-data format: each tensor's bytes at a 4096-byte aligned offset
+    (ONNX Runtime can memory-map aligned data), named by ``location`` / ``offset`` / ``length``.
+
+    Use as a context manager: ``with ExternalData(file, location) as ext: GraphBuilder(act, ext) ...``.
+    """
+
+    ALIGN = 4096
+    MIN_BYTES = 1024  # smaller tensors (norms, constants) stay inside the model file
+
+    def __init__(self, path: Path, location: str) -> None:
+        self.location = location
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by __exit__)
+        self._offset = 0
+
+    def __enter__(self) -> ExternalData:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def tensor(self, arr: np.ndarray, name: str) -> onnx.TensorProto:
+        """Append ``arr`` (C-contiguous) to the file; a TensorProto that points at it."""
+        pad = (-self._offset) % self.ALIGN
+        if pad:
+            self._f.write(b"\0" * pad)
+            self._offset += pad
+        data = arr if arr.dtype.byteorder in "=|<" else arr.astype(arr.dtype.newbyteorder("<"))
+        self._f.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no bytes copy of the array
+        t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape,
+                             data_location=onnx.TensorProto.EXTERNAL)
+        for k, v in (("location", self.location), ("offset", str(self._offset)), ("length", str(arr.nbytes))):
+            t.external_data.add(key=k, value=v)
+        self._offset += arr.nbytes
+        return t
+
+
 class GraphBuilder:
     """Collects nodes, initializers, inputs and outputs of one ONNX graph.
 
     Args:
         act_dtype: the activation/weight dtype of the export (np.float32 or np.float16).
+        external: write weights (>= 1 KiB) straight to this external data file instead of into the graph.
     """
 
-    def __init__(self, act_dtype: np.dtype) -> None:
+    def __init__(self, act_dtype: np.dtype, external: ExternalData | None = None) -> None:
+        self.external = external
         self.act = np.dtype(act_dtype)
         self.act_onnx = ONNX_DTYPE[self.act]
         self.nodes: list[onnx.NodeProto] = []
@@ -96,7 +138,9 @@ class GraphBuilder:
             raise ValueError(f"initializer {name!r} added twice")
         self._init_names.add(name)
         arr = np.ascontiguousarray(array)
-        self.initializers.append(numpy_helper.from_array(arr, name))
+        ext = self.external is not None and arr.nbytes >= ExternalData.MIN_BYTES
+        self.initializers.append(self.external.tensor(arr, name) if ext else  # type: ignore[union-attr]
+                                 numpy_helper.from_array(arr, name))
         self.weight_bytes += arr.nbytes
         return name
 
@@ -105,7 +149,7 @@ class GraphBuilder:
         if name in self._weights:
             return name
         self._weights.add(name)
-        return self.init(name, np.asarray(array).astype(dtype or self.act))
+        return self.init(name, np.asarray(array).astype(dtype or self.act, copy=False))
 
     def weight_t(self, name: str, array: np.ndarray, dtype: np.dtype | None = None) -> str:
         """Add W (out, in) as initializer ``name`` and return ``Transpose(W)`` (in, out), built once per weight."""
