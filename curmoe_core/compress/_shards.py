@@ -24,8 +24,18 @@ import numpy as np
 
 from curmoe.common.errors import CheckpointError
 
-__all__ = ["TensorInfo", "SafetensorsSource", "tensor_infos", "write_safetensors", "read_safetensors", "to_bf16_bits",
-           "from_bf16_bits", "round_bf16", "INDEX_FILE", "sha256_file"]
+__all__ = [
+    "INDEX_FILE",
+    "SafetensorsSource",
+    "TensorInfo",
+    "from_bf16_bits",
+    "read_safetensors",
+    "round_bf16",
+    "sha256_file",
+    "tensor_infos",
+    "to_bf16_bits",
+    "write_safetensors",
+]
 
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -123,7 +133,7 @@ class SafetensorsSource:
         """Identity of the source without reading its data: each file's name, size and header hash."""
         out = {}
         for f in self.files:
-            head, base = _header(f)
+            head, _base = _header(f)
             out[f.name] = {"size": f.stat().st_size,
                            "header_sha256": hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()}
         return out

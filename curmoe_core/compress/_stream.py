@@ -45,10 +45,10 @@ from curmoe.compress._manifest import Manifest
 from curmoe.compress._shards import (
     INDEX_FILE,
     SafetensorsSource,
-    tensor_infos,
     from_bf16_bits,
     read_safetensors,
     round_bf16,
+    tensor_infos,
     to_bf16_bits,
     write_safetensors,
 )
@@ -289,7 +289,7 @@ def _counts(job: _Job, per_unit: list[dict[str, Any]]) -> tuple[int, int, int, i
     """(expert params before, after, all params before, after), counted from shapes and the manifest."""
     shared = job.config.include_shared
     keys = expert_keys(job.cfg)
-    counted = lambda k: ".experts." in k or (shared and ".shared." in k)  # noqa: E731
+    counted = lambda k: ".experts." in k or (shared and ".shared." in k)
     before = sum(m * n for k, (m, n) in keys.items() if counted(k))
     all_before = sum(int(np.prod(s)) for n, (s, _) in expected_tensors(job.cfg).items()
                      if n.rsplit(".", 1)[0] not in keys) + sum(m * n for m, n in keys.values())
