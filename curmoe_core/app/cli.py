@@ -168,6 +168,9 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whiten", action="store_true", help="cur: select on the whitened matrix (needs --calib)")
     p.add_argument("--calib", default=None, help="calibration text: wikitext2:train or a text FILE")
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default: %(default)s)")
+    p.add_argument("--no-calib-cache", action="store_true",
+                   help="calibrate again instead of reusing statistics stored for the same model, text and token "
+                        "count ($CURMOE_CACHE_DIR, default ~/.cache/curmoe/calib; reused across methods and ratios)")
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
     p.add_argument("--include-shared", action="store_true", help="compress shared experts too")
     p.add_argument("--fold-u", action="store_true", help="cur: fold U into C (C then holds no real columns)")
@@ -204,7 +207,10 @@ def _compress(args: argparse.Namespace) -> int:
     model = _load_model(args.model_dir)
     calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
     cfg = _compress_config(args, aware=calib is not None)
-    out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json)
+    from curmoe.compress import default_cache_dir
+
+    out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json,
+                          calib_cache=None if args.no_calib_cache else default_cache_dir(), calib_source=args.calib)
     out.save(args.output)
     rec = {k: v for k, v in out.config.compression.items() if k != "matrices"}
     mats = out.config.compression["matrices"].values()
@@ -217,7 +223,9 @@ def _compress(args: argparse.Namespace) -> int:
         f"({100 * r['ratio_all_params']:.1f}% of all)"
         + (f", mean weight error {r['mean_weight_error']:.4f}" if r["mean_weight_error"] is not None else "")
         + (f", mean output error {r['mean_output_error']:.4f}" if r["mean_output_error"] is not None else "")
-        + f", {r['time_s']:.1f} s"))
+        + f", {r['time_s']:.1f} s"
+        + ("; calibration read from the cache (--no-calib-cache to recompute)"
+           if r.get("calibration_cache", {}).get("status") == "hit" else "")))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from curmoe.common.errors import InvalidInputError
 from curmoe.compress._budget import neuron_allocation, svd_allocation
+from curmoe.compress._calib_cache import cached_calibrate
 from curmoe.compress._calibration import (
     Calibration,
     LayerCalibration,
@@ -96,7 +98,8 @@ def _hidden_stats(cfg: NeuronConfig) -> Callable[[LayerCalibration, Model, str],
 
 
 def compress(model: Model, config: Config, *, calib_ids: np.ndarray | None = None, batch_size: int = 8,
-             progress: bool = True) -> Model:
+             progress: bool = True, calib_cache: str | os.PathLike[str] | None = None,
+             calib_source: str | None = None) -> Model:
     """Return a new model whose experts are compressed as ``config`` says.
 
     Args:
@@ -104,6 +107,8 @@ def compress(model: Model, config: Config, *, calib_ids: np.ndarray | None = Non
         config: ``CURConfig``, ``SVDConfig`` or ``NeuronConfig`` (or any config type with a registered handler).
         calib_ids: (B, T) token ids of calibration text; required for activation-aware methods (SVD-LLM, neuron
             CUR, activation-aware CUR). Otherwise they are used only to report each matrix's output error.
+        calib_cache: a folder where the one-pass calibration is looked up and stored (``_calib_cache.py``; e.g.
+            ``default_cache_dir()``); None calibrates without a cache. ``calib_source`` names the text in the entry.
     """
     method = _METHODS.get(type(config))
     if method is None:
@@ -120,7 +125,11 @@ def compress(model: Model, config: Config, *, calib_ids: np.ndarray | None = Non
     t0 = time.perf_counter()
     units = _units(model, config, method.unit)
     one_pass = ids is not None and (not config.sequential or config.allocation == "global")
-    calib = calibrate(model, ids, batch_size=batch_size, progress=progress) if one_pass else None
+    calib, cache = (cached_calibrate(model, ids, cache_dir=calib_cache, batch_size=batch_size, progress=progress,
+                                     source=calib_source) if one_pass
+                    else (None, {"status": "no one-pass calibration"}))
+    if config.sequential and ids is not None:  # layer l's statistics depend on the compressed layers < l
+        cache["sequential"] = "per-layer statistics are not cacheable (they depend on the compressed layers)"
     sizes, orders = _allocate(model, config, calib, units)
 
     experts: dict[str, Linear] = dict(model.experts)
@@ -144,7 +153,10 @@ def compress(model: Model, config: Config, *, calib_ids: np.ndarray | None = Non
             hidden = np.concatenate([current.block(l, hidden[s : s + batch_size], ids[s : s + batch_size])
                                      for s in range(0, ids.shape[0], batch_size)])
     bar.close()
-    return _finish(model, config, experts, records, calib, ids, time.perf_counter() - t0)
+    out = _finish(model, config, experts, records, calib, ids, time.perf_counter() - t0)
+    # what the calibration cache did ("hit": the statistics were read, not computed)
+    out.config = replace(out.config, compression=out.config.compression | {"calibration_cache": cache})
+    return out
 
 
 def _allocate(model: Model, config: Config, calib: Calibration | None, units: dict[int, list[str]]

@@ -65,6 +65,21 @@ class CalibStats:
         """Statistics of one activation matrix X (N, n)."""
         return cls().update(X)
 
+    @classmethod
+    def from_gram(cls, gram: object, n_tokens: int) -> CalibStats:
+        """Statistics restored from a stored Gram ``X^T X`` (n, n) of ``n_tokens`` tokens (e.g. a calibration
+        cache): the same object :meth:`update` built, bit for bit (the Gram is kept as float64)."""
+        G = np.asarray(gram)
+        if G.ndim != 2 or G.shape[0] != G.shape[1] or G.shape[0] < 1 or G.dtype != np.float64:
+            raise InvalidInputError(f"a stored Gram must be a square float64 (n, n) array, got shape {G.shape} "
+                                    f"dtype {G.dtype}")
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
+            raise InvalidInputError(f"n_tokens={n_tokens!r} must be a positive integer (the tokens behind the Gram)")
+        check_finite(G, "stored Gram")
+        s = cls(G.shape[0])
+        s._gram, s._n_tokens = np.array(G, np.float64, copy=True), int(n_tokens)
+        return s
+
     # ---- accumulation -------------------------------------------------------------------------------------------
     def update(self, X: object) -> CalibStats:
         """Add a batch of activations X (N, n), rows = tokens; returns ``self``. A batch of 0 tokens is a no-op."""
