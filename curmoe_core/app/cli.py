@@ -178,6 +178,28 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing model directory at -o")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--stream", action="store_true",
+                   help="stream: read one tensor at a time, write shards + index, resume after an interruption "
+                        "(default for a sharded model_dir with model.safetensors.index.json; --allocation uniform)")
+
+
+def _compress_streamed(args: argparse.Namespace) -> dict[str, Any]:
+    """``curmoe compress --stream``: curmoe.compress_checkpoint (the model is never held whole); the record."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import curmoe
+    from curmoe.compress import compress_checkpoint
+
+    src = Path(args.model_dir)
+    tok = src / "tokenizer.json"
+    cfg_model = curmoe.ModelConfig.from_dict(json.loads((src / "config.json").read_text()))
+    stand_in = SimpleNamespace(config=cfg_model, tokenizer_path=tok if tok.is_file() else None)  # tokenising only
+    calib = _load_calib(args.calib, stand_in, args.data_dir, args.calib_tokens)
+    cfg = _compress_config(args, aware=calib is not None)
+    out = compress_checkpoint(src, args.output, cfg, calib_ids=calib, force=args.force, progress=not args.json)
+    return out.compression
 
 
 def _compress_config(args: argparse.Namespace, aware: bool) -> Any:
@@ -204,6 +226,10 @@ def _compress(args: argparse.Namespace) -> int:
 
     _compress_config(args, aware=args.calib is not None)  # fail on bad options before loading or calibrating
     _check_model_output(args.output, args.force)
+    from pathlib import Path
+
+    if args.stream or (Path(args.model_dir) / "model.safetensors.index.json").is_file():
+        return _emit_compress(_compress_streamed(args), args)
     model = _load_model(args.model_dir)
     calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
     cfg = _compress_config(args, aware=calib is not None)
@@ -212,8 +238,12 @@ def _compress(args: argparse.Namespace) -> int:
     out = curmoe.compress(model, cfg, calib_ids=calib, progress=not args.json,
                           calib_cache=None if args.no_calib_cache else default_cache_dir(), calib_source=args.calib)
     out.save(args.output)
-    rec = {k: v for k, v in out.config.compression.items() if k != "matrices"}
-    mats = out.config.compression["matrices"].values()
+    return _emit_compress(out.config.compression, args)
+
+
+def _emit_compress(compression: dict[str, Any], args: argparse.Namespace) -> int:
+    rec = {k: v for k, v in compression.items() if k != "matrices"}
+    mats = compression["matrices"].values()
     errs = [m["weight_error"] for m in mats if m.get("weight_error") is not None]
     oerrs = [m["output_error"] for m in mats if m.get("output_error") is not None]
     rec |= {"output": args.output, "mean_weight_error": sum(errs) / len(errs) if errs else None,
