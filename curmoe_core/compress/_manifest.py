@@ -24,7 +24,7 @@ from typing import Any
 from curmoe.common.errors import InvalidInputError
 from curmoe.compress._shards import sha256_file
 
-__all__ = ["Manifest", "MANIFEST_FILE"]
+__all__ = ["MANIFEST_FILE", "Manifest"]
 
 log = logging.getLogger(__name__)
 
