@@ -230,3 +230,31 @@ def test_cli_export_both_formats(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["export", str(TINY), "--format", "ov-genai", "--no-cache", "-o", str(tmp_path / "v")]) == 2
     assert "--no-cache" in capsys.readouterr().err and not (tmp_path / "v").exists()
+
+
+def test_byte_level_tokenizer_passes_through(tmp_path):
+    """A Hugging Face byte-level BPE tokenizer (what imported models carry) is written unchanged, and both stacks'
+    tokenizers encode and decode as Hugging Face does (non-ASCII and a leading space included)."""
+    import openvino as ov
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      show_progress=False))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    m = curmoe.Model.random(baby_config(vocab_size=tok.get_vocab_size(), eos_token_id=1), seed=0, std=0.3)
+    m.tokenizer_path = tmp_path / "tokenizer.json"
+    assert export_ort_genai(m, tmp_path / "o")["tokenizer_added_pieces"] == 0
+    export_ov_genai(m, tmp_path / "v")
+    assert json.loads((tmp_path / "o" / "tokenizer.json").read_text()) == json.loads(tok.to_str())
+    otok = og.Tokenizer(og.Model(str(tmp_path / "o")))
+    vtok = ov.compile_model(str(tmp_path / "v" / "openvino_tokenizer.xml"), "CPU")
+    vdec = ov.compile_model(str(tmp_path / "v" / "openvino_detokenizer.xml"), "CPU")
+    for s in ["the cat sat on the mat .", "a dog ran in the zoo, héllo ☃!", " leading space"]:
+        ids = tok.encode(s).ids
+        assert [int(i) for i in otok.encode(s)] == ids and [int(i) for i in vtok([s])["input_ids"][0]] == ids
+        assert otok.decode(np.asarray(ids, np.int32)) == tok.decode(ids)
+        assert vdec(np.asarray([ids], np.int64))["string_output"][0] == tok.decode(ids)

@@ -96,6 +96,14 @@ def tokenizer_class(d: dict[str, Any]) -> str:
     return "GemmaTokenizer"
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def read_chat_template(tokenizer_path: Path) -> str | None:
     """A chat template stored beside the tokenizer (``chat_template.jinja``, or ``chat_template`` in
     ``tokenizer_config.json``), as Hugging Face keeps it; None when there is none."""
@@ -126,7 +134,11 @@ class TokenizerFiles:
                                   "in the model directory") from e
         self.source = Path(source)
         self.json, self.added = genai_tokenizer(src)
-        self.cls = tokenizer_class(self.json)
+        # a tokenizer written unchanged keeps its own tokenizer_config.json (class, special tokens), when it has one
+        self.source_config = _read_json(self.source.parent / "tokenizer_config.json") if not self.added else {}
+        own = self.source_config.get("tokenizer_class")
+        generic = ("", "PreTrainedTokenizerFast", "TokenizersBackend")  # no layout to go by in onnxruntime-extensions
+        self.cls = own if isinstance(own, str) and own not in generic else tokenizer_class(self.json)
         self.chat_template = read_chat_template(self.source)
         unk = (self.json.get("model") or {}).get("unk_token")
         self.unk_id: int | None = None
@@ -140,6 +152,7 @@ class TokenizerFiles:
     def write(self, folder: Path, config: dict[str, Any]) -> list[str]:
         """tokenizer.json + tokenizer_config.json into ``folder``; returns the names written."""
         (folder / "tokenizer.json").write_text(json.dumps(self.json, ensure_ascii=False), encoding="utf-8")
+        config = {k: v for k, v in self.source_config.items() if k not in ("added_tokens_decoder", "auto_map")} | config
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False),
                                                       encoding="utf-8")
         return ["tokenizer.json", "tokenizer_config.json"]

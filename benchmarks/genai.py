@@ -1,0 +1,167 @@
+"""Decode tokens/s of the vendors' LLM stacks beside curmoe's own adapters, in one run (issue 16).
+
+Rows, for the dense shipped model and its CUR-compressed copy (``CURConfig(ratio=0.5)``: DEIM selection, no
+calibration data, 50% of expert parameters), batch 1, greedy, a 16-token prompt then ``--steps`` decode steps:
+
+- ``OpenVINO GenAI LLMPipeline``: the ``--format ov-genai`` folder; tok/s = 1000 / mean TPOT from its own
+  ``perf_metrics`` (time per output token, excluding the first token, i.e. the prefill).
+- ``OpenVINO stateful IR (make_stateful_ir)``: the same IR on a plain ``InferRequest`` (what issue 15's adapter
+  compiles): timed decode loop, the cache stays inside OpenVINO.
+- ``curmoe OpenVINO adapter``: ``curmoe.runtimes.load(X.onnx, "openvino:cpu")``: the cache goes out and back in
+  as numpy arrays each step.
+- ``ONNX Runtime GenAI``: the ``--format ort-genai`` folder; timed ``generate_next_token`` loop.
+- ``curmoe ORT adapter``: ``curmoe.runtimes.load(X.onnx, "onnxruntime:cpu")``.
+
+Every row computes in float32 (OpenVINO ``INFERENCE_PRECISION_HINT=f32``), sparse expert dispatch, ``--threads``
+intra-op threads (``OMP_NUM_THREADS`` is set to the same). Each row reports the best of ``--repeats`` runs and
+the greedy tokens it produced, which must equal every other row's (``tokens_agree``). This machine is shared and
+noisy: compare rows of one run, not runs. Not a test.
+
+    OMP_NUM_THREADS=1 python benchmarks/genai.py --threads 1 --steps 64 --repeats 3 --out docs/results/data/genai.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import curmoe
+from curmoe.app.results import provenance, write_results
+from curmoe.exporters import OnnxExportConfig, export
+from curmoe.exporters.genai import export_ort_genai, export_ov_genai, make_stateful_ir
+from curmoe.runtimes import load
+from curmoe.runtimes.generate import empty_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _adapter(session, prompt: list[int], steps: int) -> tuple[float, list[int]]:
+    ids = np.asarray([prompt], np.int64)
+    mask = np.ones_like(ids)
+    res = session.run({"input_ids": ids, "attention_mask": mask} | empty_cache(session, 1))
+    toks = [int(np.argmax(res["logits"][0, -1]))]
+    t0 = time.perf_counter()
+    for _ in range(steps - 1):
+        past = {n.replace("present", "past"): v for n, v in res.items() if n.startswith("present")}
+        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], 1)
+        res = session.run({"input_ids": np.asarray([[toks[-1]]], np.int64), "attention_mask": mask} | past)
+        toks.append(int(np.argmax(res["logits"][0, -1])))
+    return (steps - 1) / (time.perf_counter() - t0), toks
+
+
+def _stateful(compiled, prompt: list[int], steps: int) -> tuple[float, list[int]]:
+    req = compiled.create_infer_request()
+    req.reset_state()
+    n = len(prompt)
+    beam = np.zeros(1, np.int32)
+    out = req.infer({"input_ids": np.asarray([prompt], np.int64), "attention_mask": np.ones((1, n), np.int64),
+                     "beam_idx": beam})
+    toks = [int(np.argmax(out["logits"][0, -1]))]
+    t0 = time.perf_counter()
+    for i in range(steps - 1):
+        out = req.infer({"input_ids": np.asarray([[toks[-1]]], np.int64),
+                         "attention_mask": np.ones((1, n + i + 1), np.int64), "beam_idx": beam})
+        toks.append(int(np.argmax(out["logits"][0, -1])))
+    return (steps - 1) / (time.perf_counter() - t0), toks
+
+
+def _ort_genai(folder: Path, prompt: list[int], steps: int) -> tuple[float, list[int]]:
+    import onnxruntime_genai as og
+
+    m = og.Model(str(folder))
+    p = og.GeneratorParams(m)
+    p.set_search_options(max_length=len(prompt) + steps, do_sample=False)
+    g = og.Generator(m, p)
+    g.append_tokens(np.asarray([prompt], np.int32))  # prefill
+    g.generate_next_token()
+    toks = [int(g.get_next_tokens()[0])]
+    t0 = time.perf_counter()
+    while not g.is_done():
+        g.generate_next_token()
+        toks.append(int(g.get_next_tokens()[0]))
+    return (len(toks) - 1) / (time.perf_counter() - t0), toks
+
+
+def _ov_genai(pipe, prompt: list[int], steps: int) -> tuple[float, list[int]]:
+    import openvino as ov
+
+    gc = pipe.get_generation_config()
+    gc.max_new_tokens, gc.min_new_tokens, gc.do_sample, gc.ignore_eos = steps, steps, False, True
+    res = pipe.generate(ov.Tensor(np.asarray([prompt], np.int64)), gc)
+    return 1000.0 / res.perf_metrics.get_tpot().mean, [int(t) for t in res.tokens[0]]
+
+
+def bench(model: curmoe.Model, name: str, tmp: Path, threads: int, steps: int, repeats: int,
+          prompt: list[int]) -> list[dict]:
+    import openvino as ov
+    import openvino_genai
+
+    onnx_path = export(model, OnnxExportConfig(), tmp / f"{name}.onnx")
+    export_ort_genai(model, tmp / f"{name}-ort-genai", threads=threads)
+    export_ov_genai(model, tmp / f"{name}-ov-genai")
+    ov_cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    ir = make_stateful_ir(ov.Core().read_model(str(onnx_path)))
+    compiled = ov.Core().compile_model(ir, "CPU", ov_cfg)
+    pipe = openvino_genai.LLMPipeline(str(tmp / f"{name}-ov-genai"), "CPU", **ov_cfg)
+    ort = load(onnx_path, "onnxruntime:cpu", threads=threads)
+    ovad = load(onnx_path, "openvino:cpu", threads=threads)
+    rows = {
+        "OpenVINO GenAI LLMPipeline": lambda: _ov_genai(pipe, prompt, steps),
+        "OpenVINO stateful IR (make_stateful_ir)": lambda: _stateful(compiled, prompt, steps),
+        "curmoe OpenVINO adapter": lambda: _adapter(ovad, prompt, steps),
+        "ONNX Runtime GenAI": lambda: _ort_genai(tmp / f"{name}-ort-genai", prompt, steps),
+        "curmoe ORT adapter": lambda: _adapter(ort, prompt, steps),
+    }
+    out = []
+    for row, fn in rows.items():
+        fn()  # warm-up (first-inference allocations)
+        runs = [fn() for _ in range(repeats)]
+        out.append({"row": row, "model": name, "decode_tok_s": max(r[0] for r in runs),
+                    "decode_tok_s_runs": [r[0] for r in runs], "tokens": runs[0][1]})
+        print(f"{name:6s} {row:42s} {out[-1]['decode_tok_s']:8.1f} tok/s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "models" / "wt2-moe-8x"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=64, help="decode steps after a 16-token prompt")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="results JSON (e.g. docs/results/data/genai.json)")
+    args = p.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    dense = curmoe.load(args.model)
+    cur = curmoe.compress(dense, curmoe.CURConfig(ratio=0.5), progress=False)
+    prompt = list(range(100, 116))  # 16 token ids, fixed
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="curmoe-genai-bench.") as tmp:
+        for name, m in (("dense", dense), ("cur50", cur)):
+            rows += bench(m, name, Path(tmp), args.threads, args.steps, args.repeats, prompt)
+    for name in ("dense", "cur50"):
+        toks = [r["tokens"] for r in rows if r["model"] == name]
+        for r in rows:
+            if r["model"] == name:
+                r["tokens_agree"] = all(t == toks[0] for t in toks)
+    data = {"provenance": provenance(argv, script=__file__),
+            "setup": {"model": args.model, "threads": args.threads, "OMP_NUM_THREADS": args.threads,
+                      "prompt_tokens": len(prompt), "steps": args.steps, "repeats": args.repeats, "batch": 1,
+                      "precision": "float32", "dispatch": "sparse",
+                      "cur50": "CURConfig(ratio=0.5), DEIM, no calibration; ratio = expert parameters removed",
+                      "tok_s": "best of repeats; decode steps only (prefill excluded)"},
+              "rows": rows}
+    if args.out:
+        write_results(args.out, data)
+    print(json.dumps({r["row"] + " / " + r["model"]: round(r["decode_tok_s"], 1) for r in rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
