@@ -11,6 +11,11 @@ whitespace design gives fewer tokens per word (1.184 vs 1.264 on valid) and a be
 proxy model (interpolated token bigram trained on train: 455 vs 486 on valid), trains 4x faster, and needs no
 byte alphabet: every character of valid and test occurs in train (281 distinct non-space characters).
 
+Pretrained models bring their own subword tokenizer (byte-level BPE for SmolLM2 / Llama 3 / Qwen): a
+``tokenizer.json`` with a ``tokenizer_config.json`` beside it (special tokens, chat template). :func:`load_hf_tokenizer`
+wraps it as :class:`HFTokenizer` (encode / decode / chat template), and :func:`encode_text` encodes a raw split as
+one stream (the text of the file, lines joined by ``\n``, no ``<eos>`` insertion: the newlines are the line ends).
+
 Command line: ``python -m curmoe.models.tokenizer --data-dir D --vocab-size 8192 -o PATH``.
 """
 
@@ -32,13 +37,15 @@ from curmoe.eval import EOS, WikiText2Split
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer
 
-__all__ = ["SPECIAL_TOKENS", "TOKENIZER_FILE", "encode_lines", "encode_split", "load_tokenizer", "save_tokenizer",
-           "train_bpe_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "TOKENIZER_FILE", "TOKENIZER_CONFIG", "HFTokenizer", "encode_lines", "encode_split",
+           "encode_text", "load_hf_tokenizer", "load_tokenizer", "save_tokenizer", "train_bpe_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _PREFIX = "##"
 
 
@@ -175,6 +182,101 @@ def encode_lines(tok: Tokenizer, lines: Iterable[str]) -> np.ndarray:
         out[s:t - 1] = e.ids
         out[t - 1] = eos
     return out
+
+
+class HFTokenizer:
+    """A Hugging Face subword tokenizer (``tokenizer.json`` + ``tokenizer_config.json``) with its chat template.
+
+    Attributes:
+        tok: the ``tokenizers.Tokenizer``.
+        config: the ``tokenizer_config.json`` mapping (empty if the file is absent).
+        chat_template: the Jinja chat template, or None.
+        eos_token_id / bos_token_id / pad_token_id: ids of the configured special tokens (None when absent).
+    """
+
+    def __init__(self, tok: Tokenizer, config: dict[str, Any], chat_template: str | None) -> None:
+        self.tok, self.config, self.chat_template = tok, config, chat_template
+
+        def tid(key: str) -> int | None:
+            v = config.get(key)
+            v = v.get("content") if isinstance(v, dict) else v
+            return tok.token_to_id(v) if isinstance(v, str) else None
+
+        self.eos_token_id, self.bos_token_id, self.pad_token_id = tid("eos_token"), tid("bos_token"), tid("pad_token")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tok.get_vocab_size())
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text`` (special tokens written in the text, like ``<|im_start|>``, map to their ids)."""
+        return list(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+        return str(self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))
+
+    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages`` ([{"role": ..., "content": ...}]) rendered with the model's template
+        (a sandboxed Jinja2 environment, as transformers renders it).
+
+        Raises:
+            InvalidInputError: the tokenizer has no chat template.
+        """
+        if not self.chat_template:
+            raise InvalidInputError("this tokenizer has no chat template (tokenizer_config.json 'chat_template'); "
+                                    "pass plain text instead")
+        jinja2 = require("jinja2", "pretrained")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        special = {k: self.config[k] for k in ("bos_token", "eos_token") if isinstance(self.config.get(k), str)}
+        try:
+            return env.from_string(self.chat_template).render(messages=messages,
+                                                              add_generation_prompt=add_generation_prompt, **special)
+        except jinja2.TemplateError as e:
+            raise InvalidInputError(f"the chat template failed on these messages ({e})") from e
+
+
+def load_hf_tokenizer(path: str | os.PathLike[str]) -> HFTokenizer:
+    """Load a model's own subword tokenizer: a directory (or its ``tokenizer.json``) with ``tokenizer_config.json``
+    (and/or ``chat_template.jinja``) beside it.
+
+    Raises:
+        CheckpointError: ``tokenizer.json`` is missing or corrupt, or the config is not JSON.
+    """
+    import json
+
+    file = _file(path)
+    if not file.is_file():
+        raise CheckpointError(f"tokenizer file {file} does not exist; the model folder must hold its tokenizer.json "
+                              "(curmoe convert copies it from the source)")
+    tk = _tokenizers()
+    try:
+        tok = tk.Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust side raises a bare Exception on bad JSON
+        raise CheckpointError(f"tokenizer file {file} is corrupt or not a `tokenizers` JSON file ({e})") from e
+    cfg_file = file.parent / TOKENIZER_CONFIG
+    config: dict[str, Any] = {}
+    if cfg_file.is_file():
+        try:
+            config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); re-convert the model") from e
+    template = config.get("chat_template")
+    jinja = file.parent / CHAT_TEMPLATE_FILE
+    if template is None and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    return HFTokenizer(tok, config, template if isinstance(template, str) else None)
+
+
+def encode_text(tok: HFTokenizer | Tokenizer, split: WikiText2Split) -> np.ndarray:
+    """A raw split as one int64 stream: ``split.text`` (every line followed by ``\n``) tokenised in one piece,
+    no special tokens added. With a byte-level BPE the newlines are tokens, so no ``<eos>`` is inserted."""
+    if not isinstance(split, WikiText2Split):
+        raise InvalidInputError(f"split must be a WikiText2Split (from curmoe.load_wikitext2), got "
+                                f"{type(split).__name__}")
+    inner = tok.tok if isinstance(tok, HFTokenizer) else tok
+    return np.asarray(inner.encode(split.text, add_special_tokens=False).ids, dtype=np.int64)
 
 
 def main(argv: list[str] | None = None) -> int:

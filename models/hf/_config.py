@@ -1,4 +1,5 @@
-"""Translate a transformers 5.x MoE config (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) into a curmoe ``ModelConfig``.
+"""Translate a transformers 5.x config (MoE: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; dense: Llama, Mistral, Qwen2,
+Qwen3) into a curmoe ``ModelConfig``.
 
 The four architectures share one block, ``x' = h + FFN(RMSNorm(h))`` with ``h = x + Attn(RMSNorm(x))``; they differ in:
 
@@ -16,6 +17,20 @@ Qwen2-MoE and Qwen3-MoE make layer l an MoE layer iff ``l not in mlp_only_layers
 (curmoe layer type "dense", ``dense_d_ff``). Router: ``p = softmax(x W_r^T)``, top-k of p (Shazeer et al. 2017,
 "Outrageously large neural networks"), renormalised as in the table; the curmoe ``topk`` router is exactly this.
 
+The dense architectures use the same block with a dense SwiGLU FFN in every layer: curmoe ``layer_types`` all
+"dense" with ``dense_d_ff = intermediate_size``. Their ``moe`` field is a documented placeholder (one expert of width
+``intermediate_size``, top-1) that no layer uses; it keeps ``ModelConfig`` valid and is what
+``curmoe.models.pretrained.as_single_expert`` turns each dense FFN into (one always-on expert) for compression.
+
+============  ==================  ==========================
+model_type    q/k/v bias          q/k RMSNorm
+============  ==================  ==========================
+llama         (o too: refused)    no
+mistral       no                  no
+qwen2         always              no
+qwen3         (o too: refused)    per head (over head_dim)
+============  ==================  ==========================
+
 Anything the NumPy reference cannot compute exactly (scaled RoPE, a sliding window shorter than the context, an
 output-projection bias, q/k/v clipping, a non-SiLU activation) raises :class:`curmoe.InvalidInputError` naming it.
 """
@@ -29,11 +44,14 @@ from curmoe.common.errors import InvalidInputError
 from curmoe.reference import ModelConfig, MoEConfig
 from curmoe.routing import RouterConfig
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "check_model_type", "to_model_config", "is_moe_layer"]
+__all__ = ["SUPPORTED_ARCHITECTURES", "MOE_ARCHITECTURES", "DENSE_ARCHITECTURES", "check_model_type",
+           "to_model_config", "is_moe_layer", "dense_placeholder"]
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+MOE_ARCHITECTURES: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+DENSE_ARCHITECTURES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = MOE_ARCHITECTURES + DENSE_ARCHITECTURES
 _SILU = ("silu", "swish")  # transformers' ACT2FN maps both to SiLU
 
 
@@ -42,7 +60,8 @@ def check_model_type(model_type: Any) -> str:
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise InvalidInputError(
             f"model_type={model_type!r} is not supported by curmoe.models.from_hf; supported architectures: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)} (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE)"
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} (MoE: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; dense: Llama, Mistral, "
+            "Qwen2, Qwen3)"
         )
     return model_type
 
@@ -79,10 +98,12 @@ def _sliding_window(cfg: Any) -> int | None:
     mt = cfg.model_type
     if mt == "olmoe":
         return None  # OlmoeModel always builds a full causal mask
-    if mt == "qwen2_moe":
+    if mt in ("qwen2_moe", "qwen2", "qwen3"):
         sliding_layers = [t == "sliding_attention" for t in (getattr(cfg, "layer_types", None) or [])]
         return cfg.sliding_window if getattr(cfg, "use_sliding_window", False) and any(sliding_layers) else None
-    return getattr(cfg, "sliding_window", None) or None  # mixtral; qwen3_moe sets None unless use_sliding_window
+    if mt == "llama":
+        return None
+    return getattr(cfg, "sliding_window", None) or None  # mixtral, mistral; qwen3_moe: None unless use_sliding_window
 
 
 def _token_id(cfg: Any, name: str, vocab: int) -> int | None:
@@ -113,10 +134,14 @@ def to_model_config(cfg: Any) -> ModelConfig:
             "the reference attends to the whole sequence; set sliding_window to null (or >= "
             "max_position_embeddings) in config.json only if you never run sequences longer than the window",
         )
-    if mt in ("qwen3_moe", "olmoe") and getattr(cfg, "attention_bias", False):
+    if mt in ("qwen3_moe", "olmoe", "llama", "qwen3") and getattr(cfg, "attention_bias", False):
         raise _unsupported(mt, "attention_bias=True (a bias on o_proj)", "only q/k/v biases are supported")
     if mt == "olmoe" and getattr(cfg, "clip_qkv", None) is not None:
         raise _unsupported(mt, f"clip_qkv={cfg.clip_qkv}", "q/k/v clipping is not supported")
+    if getattr(cfg, "mlp_bias", False):
+        raise _unsupported(mt, "mlp_bias=True (biases on the FFN projections)", "only bias-free SwiGLU FFNs convert")
+    if mt in DENSE_ARCHITECTURES:
+        return _dense_config(cfg, mt, theta, max_pos)
     n_experts = int(cfg.num_local_experts if mt == "mixtral" else cfg.num_experts)
     layer_types = tuple("moe" if is_moe_layer(cfg, l) else "dense" for l in range(cfg.num_hidden_layers))
     if "moe" not in layer_types:
@@ -135,8 +160,20 @@ def to_model_config(cfg: Any) -> ModelConfig:
         shared_d_ff=shared_d_ff,
         shared_gate=bool(shared_d_ff),
     )
-    V = int(cfg.vocab_size)
     return ModelConfig(
+        **_common(cfg, theta, max_pos),
+        attn_bias=bool(getattr(cfg, "qkv_bias", False)) if mt == "qwen2_moe" else False,
+        qk_norm={"qwen3_moe": "head", "olmoe": "full"}.get(mt),
+        moe=moe,
+        dense_d_ff=int(cfg.intermediate_size) if "dense" in layer_types else 0,
+        layer_types=None if "dense" not in layer_types else layer_types,
+    )
+
+
+def _common(cfg: Any, theta: float, max_pos: int) -> dict[str, Any]:
+    """The ``ModelConfig`` fields every architecture sets the same way."""
+    V = int(cfg.vocab_size)
+    return dict(
         vocab_size=V,
         d_model=int(cfg.hidden_size),
         n_layers=int(cfg.num_hidden_layers),
@@ -147,11 +184,24 @@ def to_model_config(cfg: Any) -> ModelConfig:
         norm_eps=float(cfg.rms_norm_eps),
         max_seq_len=max_pos,
         tie_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
-        attn_bias=bool(getattr(cfg, "qkv_bias", False)) if mt == "qwen2_moe" else False,
-        qk_norm={"qwen3_moe": "head", "olmoe": "full"}.get(mt),
-        moe=moe,
-        dense_d_ff=int(cfg.intermediate_size) if "dense" in layer_types else 0,
-        layer_types=None if "dense" not in layer_types else layer_types,
         eos_token_id=_token_id(cfg, "eos_token_id", V),
         pad_token_id=_token_id(cfg, "pad_token_id", V),
+    )
+
+
+def dense_placeholder(d_ff: int) -> MoEConfig:
+    """The unused ``moe`` field of an all-dense model: one expert of the dense width, top-1 (see module docstring)."""
+    return MoEConfig(n_experts=1, d_ff=int(d_ff), activation="swiglu", router=RouterConfig(kind="topk", top_k=1))
+
+
+def _dense_config(cfg: Any, mt: str, theta: float, max_pos: int) -> ModelConfig:
+    """Llama / Mistral / Qwen2 / Qwen3: every layer a dense SwiGLU FFN of width ``intermediate_size``."""
+    f = int(cfg.intermediate_size)
+    return ModelConfig(
+        **_common(cfg, theta, max_pos),
+        attn_bias=mt == "qwen2",  # Qwen2Attention: q/k/v always biased, o never
+        qk_norm="head" if mt == "qwen3" else None,
+        moe=dense_placeholder(f),
+        dense_d_ff=f,
+        layer_types=("dense",) * int(cfg.num_hidden_layers),
     )

@@ -1,10 +1,14 @@
-"""Hugging Face import: transformers 5.x MoE models (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) -> curmoe ``Model``.
+"""Hugging Face import: transformers 5.x MoE models (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE), dense Llama / Mistral /
+Qwen2 / Qwen3 models, and GGUF files of the dense ones -> curmoe ``Model``.
 
 ``from_hf`` reads a ``PreTrainedModel`` instance (its ``state_dict``) or a local model directory (``config.json``
 read by ``transformers.AutoConfig`` with ``local_files_only=True``; weights read straight from the safetensors files,
 sharded or not, bfloat16 included, without torch). The config is translated by ``curmoe.models.hf._config`` and the
 tensors are renamed, and fused experts split, by ``curmoe.models.hf._weights``. The result is the same kind of
 ``curmoe.Model`` that ``curmoe.load`` returns, with the NumPy reference forward; docs/hf_import.md has the details.
+
+A ``.gguf`` file is read by ``curmoe.models.hf._gguf`` (dequantised once to float32); ``convert`` then writes a
+model card (README.md: source file, sha256, tensor types) and the GGUF's tokenizer beside the checkpoint.
 
 Neither torch nor transformers is imported until a function here runs (both are optional extras).
 """
@@ -15,18 +19,21 @@ import json
 import logging
 import os
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from curmoe.common.errors import CheckpointError, InvalidInputError, require
-from curmoe.common.io import read_json
+from curmoe.common.io import atomic_dir, read_json
 from curmoe.models.hf._config import (
     SUPPORTED_ARCHITECTURES,
     check_model_type,
     to_model_config,
 )
+from curmoe.models.hf._gguf import GGUFSource, read_gguf
+from curmoe.models.hf._tokenizer_files import copy_tokenizer_files, write_gguf_tokenizer
 from curmoe.models.hf._weights import convert_tensors
 from curmoe.reference import Model
 
@@ -37,15 +44,18 @@ log = logging.getLogger(__name__)
 _DTYPES = (np.float16, np.float32, np.float64)
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
+MODEL_CARD = "README.md"
 
 
 def from_hf(model_or_path: Any, *, dtype: Any = np.float32) -> Model:
-    """Convert a Hugging Face MoE language model into a curmoe ``Model`` (NumPy reference weights).
+    """Convert a Hugging Face language model (MoE or dense) into a curmoe ``Model`` (NumPy reference weights).
 
     Args:
-        model_or_path: a transformers ``PreTrainedModel`` (the ``...ForCausalLM`` class) or a local directory with
-            ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json`` + shards). A
-            ``tokenizer.json`` beside them travels with the model.
+        model_or_path: a transformers ``PreTrainedModel`` (the ``...ForCausalLM`` class), a local directory with
+            ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json`` + shards), or a ``.gguf``
+            file of a dense Llama / Mistral / Qwen2 / Qwen3 model (dequantised to float32 at import). A
+            ``tokenizer.json`` beside the weights (or, for a GGUF, its own tokenizer rebuilt by transformers into a
+            temporary folder that lives as long as the model) travels with the model.
         dtype: float dtype of the converted weights (float16, float32 or float64; bfloat16 loads exactly into any).
 
     Returns:
@@ -60,7 +70,15 @@ def from_hf(model_or_path: Any, *, dtype: Any = np.float32) -> Model:
     if dt.type not in _DTYPES:
         raise InvalidInputError(f"dtype={dt} is not supported; pass np.float16, np.float32 or np.float64")
     if isinstance(model_or_path, (str, os.PathLike)):
-        return _from_dir(Path(model_or_path), dt)
+        p = Path(model_or_path)
+        if p.suffix.lower() == ".gguf":
+            model, source = _from_gguf(p, dt)
+            holder = tempfile.TemporaryDirectory(prefix="curmoe-gguf-tok-")  # removed with the model object
+            write_gguf_tokenizer(p, Path(holder.name), source.chat_template, source.tokenizer)
+            model.tokenizer_path = Path(holder.name) / "tokenizer.json"
+            model._tokenizer_holder = holder  # type: ignore[attr-defined]
+            return model
+        return _from_dir(p, dt)
     if hasattr(model_or_path, "state_dict") and hasattr(model_or_path, "config"):
         return _from_instance(model_or_path, dt)
     raise InvalidInputError(
@@ -68,14 +86,35 @@ def from_hf(model_or_path: Any, *, dtype: Any = np.float32) -> Model:
     )
 
 
-def convert(hf_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, dtype: Any = np.float32) -> Path:
-    """``from_hf(hf_dir)`` then ``Model.save(out_dir)`` (config.json + model.safetensors [+ tokenizer.json]).
+def convert(hf_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, dtype: Any = np.float32,
+            require_tokenizer: bool = False) -> Path:
+    """``from_hf(hf_dir)`` then save into ``out_dir``: config.json + model.safetensors [+ tokenizer.json,
+    tokenizer_config.json (chat template), README.md model card for a GGUF]. The folder appears whole or not at all.
+
+    Args:
+        require_tokenizer: refuse a source without a tokenizer (a GGUF always needs one).
 
     Returns:
         ``out_dir`` as a Path; ``curmoe.load(out_dir)`` gives back the converted model.
     """
-    model = from_hf(hf_dir, dtype=dtype)
-    out = model.save(out_dir)
+    src = Path(hf_dir)
+    gguf = src.suffix.lower() == ".gguf"
+    if gguf:
+        model, source = _from_gguf(src, np.dtype(dtype))
+    else:
+        model = from_hf(src, dtype=dtype)
+        if require_tokenizer and model.tokenizer_path is None:
+            raise CheckpointError(f"{str(src)!r} holds no tokenizer.json; curmoe needs the model's own tokenizer "
+                                  "(save it with tokenizer.save_pretrained(DIR))")
+    with atomic_dir(out_dir) as tmp:
+        model.save(tmp)
+        if gguf:
+            write_gguf_tokenizer(src, tmp, source.chat_template, source.tokenizer)
+            (tmp / MODEL_CARD).write_text(source.card())
+        elif src.is_dir():
+            copy_tokenizer_files(src, tmp)
+    out = Path(out_dir)
+    model.tokenizer_path = out / "tokenizer.json" if (out / "tokenizer.json").is_file() else None
     log.info("converted %s -> %s", hf_dir, out)
     return out
 
@@ -98,10 +137,18 @@ def _from_instance(model: Any, dt: np.dtype) -> Model:
     return Model(config, tensors, experts, tok if tok is not None and tok.is_file() else None)
 
 
+def _from_gguf(path: Path, dt: np.dtype) -> tuple[Model, GGUFSource]:
+    config, tensors, experts, source = read_gguf(path, dt)
+    if "tokens" not in source.tokenizer:
+        raise CheckpointError(f"{path.name} carries no tokenizer (no tokenizer.ggml.tokens metadata); curmoe needs "
+                              "the model's own tokenizer: use a GGUF written with its tokenizer")
+    return Model(config, tensors, experts, None), source
+
+
 def _from_dir(path: Path, dt: np.dtype) -> Model:
     if not path.is_dir():
         raise CheckpointError(
-            f"{str(path)!r} is not a local directory; download the model first (e.g. `hf download REPO "
+            f"{str(path)!r} is not a local directory or .gguf file; download the model first (e.g. `hf download REPO "
             f"--local-dir DIR`) and pass DIR, or pass a loaded transformers model"
         )
     raw_cfg = read_json(path / "config.json", what="the Hugging Face model's config",
