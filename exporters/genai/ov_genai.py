@@ -7,12 +7,14 @@
     OUT/config.json, generation_config.json   what LLMPipeline reads (eos, greedy defaults)
     OUT/tokenizer.json, tokenizer_config.json the Hugging Face files the IRs were made from
 
-Weights are stored as exported (float32 unless --dtype float16): ``openvino.save_model``'s default would halve
-them, and the saved model would not be the validated one.
+Weights are stored as exported: float32 (``openvino.save_model``'s default would halve them, and the saved model
+would not be the validated one), or float16 with ``--dtype float16`` (``compress_to_fp16``: OpenVINO's float16,
+a float32 graph whose weights are decompressed at load time).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -53,7 +55,12 @@ def export_ov_genai(model: Model, folder: str | os.PathLike[str], config: OnnxEx
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = TokenizerFiles(model.tokenizer_path, model.config.vocab_size) if model.tokenizer_path else None
-    onnx_path = write_genai_onnx(model, config, folder / ".graph.onnx", tok.unk_id if tok else None)
+    # float16 is OpenVINO's way: a float32 graph with float16 weights (compress_to_fp16), decompressed at load; the
+    # CPU plugin then picks its inference precision. (A float16 ONNX graph has a Cast before the logits, which
+    # LLMPipeline's logits slicing does not expect: its sampler fails with 'token_idx < seq_len'.)
+    half = config.dtype == "float16"
+    graph_config = dataclasses.replace(config, dtype="float32") if half else config
+    onnx_path = write_genai_onnx(model, graph_config, folder / ".graph.onnx", tok.unk_id if tok else None)
     try:
         ir = ov.Core().read_model(str(onnx_path))
         meta = _onnx_metadata(onnx_path)
@@ -62,7 +69,7 @@ def export_ov_genai(model: Model, folder: str | os.PathLike[str], config: OnnxEx
     make_stateful_ir(ir)
     for k, v in meta.items():
         ir.set_rt_info(v, ["curmoe", k])
-    ov.save_model(ir, str(folder / "openvino_model.xml"), compress_to_fp16=False)
+    ov.save_model(ir, str(folder / "openvino_model.xml"), compress_to_fp16=half)
     del ir
     files = ["openvino_model.xml", "openvino_model.bin"]
     cfg_json, gen_json = hf_configs(model)
