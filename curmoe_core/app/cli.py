@@ -768,4 +768,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m curmoe.app.cli` runs this file as __main__, while curmoe.app.commands modules register into the
+    # imported curmoe.app.cli: run that one, or their subcommands would be missing.
+    from curmoe.app.cli import main as _main
+
+    sys.exit(_main())

@@ -14,7 +14,14 @@ from curmoe.decompose._compare import (
            synthetic_weight,
 )
 from curmoe.decompose._cur import U_METHODS, CURResult, cur
-from curmoe.decompose._interpret import jaccard, kept_columns, kept_rows
+from curmoe.decompose._interpret import (
+    energy_share,
+    jaccard,
+    jaccard_chance,
+    jaccard_matrix,
+    kept_columns,
+    kept_rows,
+)
 from curmoe.decompose._neuron import RULES as NEURON_RULES
 from curmoe.decompose._neuron import allocate, greedy_order, refit_down, select_neurons
 from curmoe.decompose._neuron import output_error as neuron_output_error
@@ -23,5 +30,5 @@ from curmoe.decompose._selection import SELECTIONS
 from curmoe.decompose._svd import SVDResult, svd
 
 __all__ = ["cur", "svd", "CURResult", "SVDResult", "CalibStats", "n_params", "rank_for_ratio", "kept_columns",
-           "kept_rows", "jaccard", "compare", "format_table", "synthetic_weight", "synthetic_activations", "SELECTIONS", "U_METHODS",
+           "kept_rows", "jaccard", "jaccard_matrix", "jaccard_chance", "energy_share", "compare", "format_table", "synthetic_weight", "synthetic_activations", "SELECTIONS", "U_METHODS",
            "NEURON_RULES", "select_neurons", "refit_down", "greedy_order", "neuron_output_error", "allocate"]

@@ -14,7 +14,7 @@ import numpy as np
 from curmoe.common.errors import InvalidInputError
 from curmoe.decompose._cur import CURResult
 
-__all__ = ["kept_columns", "kept_rows", "jaccard"]
+__all__ = ["kept_columns", "kept_rows", "jaccard", "jaccard_matrix", "jaccard_chance", "energy_share"]
 
 
 def _check_cur(result: object, what: str) -> CURResult:
@@ -50,3 +50,37 @@ def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
     sa, sb = _as_index_set(a, "a"), _as_index_set(b, "b")
     union = len(sa | sb)
     return 1.0 if union == 0 else len(sa & sb) / union
+
+
+def jaccard_matrix(sets: list[Iterable[int]]) -> np.ndarray:
+    """(E, E) float64 matrix of :func:`jaccard` between every pair of index sets (ones on the diagonal)."""
+    ss = [_as_index_set(x, f"sets[{i}]") for i, x in enumerate(sets)]
+    J = np.ones((len(ss), len(ss)))
+    for i in range(len(ss)):
+        for j in range(i + 1, len(ss)):
+            union = len(ss[i] | ss[j])
+            J[i, j] = J[j, i] = 1.0 if union == 0 else len(ss[i] & ss[j]) / union
+    return J
+
+
+def jaccard_chance(a: int, b: int, n: int) -> float:
+    """The Jaccard index two random subsets of sizes ``a`` and ``b`` of ``n`` items have, as the ratio of the
+    expectations ``E|A & B| / E|A | B|`` with ``E|A & B| = a b / n``: the level an overlap must beat to mean
+    anything."""
+    if not (0 <= a <= n and 0 <= b <= n and n >= 1):
+        raise InvalidInputError(f"need 0 <= a, b <= n and n >= 1, got a={a}, b={b}, n={n}")
+    inter = a * b / n
+    union = a + b - inter
+    return 1.0 if union == 0 else inter / union
+
+
+def energy_share(energy: object, kept: Iterable[int]) -> float:
+    """Share ``sum_{j in kept} e_j / sum_j e_j`` of a non-negative energy vector (n,) held by the kept indices
+    (a random choice of k indices holds ``k / n`` on average)."""
+    e = np.asarray(energy, np.float64)
+    idx = np.asarray(sorted(_as_index_set(kept, "kept")), np.int64)
+    if e.ndim != 1 or np.any(e < 0) or (idx.size and idx.max() >= e.size):
+        raise InvalidInputError(f"energy must be a non-negative 1-D vector covering every kept index; got shape "
+                                f"{e.shape}, largest index {idx.max() if idx.size else None}")
+    total = float(e.sum())
+    return 0.0 if total == 0 else float(e[idx].sum() / total)
