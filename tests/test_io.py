@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curmoe.common.errors import CurmoeError
 from curmoe.common.io import atomic_dir, atomic_write, read_json
@@ -44,3 +47,41 @@ def test_read_json_names_the_file_and_the_fix(tmp_path):
     bad.write_text('{"a": ')
     with pytest.raises(CurmoeError, match="not valid JSON .* corrupt or truncated; make it"):
         read_json(bad, what="a thing", fix="make it")
+
+
+# read_tensors: one tensor at a time, the same arrays as safetensors' own reader ---------------------------------
+_DT = [np.float16, np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_DT), st.lists(st.integers(0, 5), min_size=0, max_size=3)),
+                min_size=1, max_size=6), st.integers(0, 2**31 - 1))
+def test_read_tensors_equals_safetensors_load_file(tmp_path_factory, specs, seed) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    from curmoe.common.safetensors import read_tensors
+
+    rng = np.random.default_rng(seed)
+    arrays = {f"t{i}": np.asarray(rng.standard_normal(shape) * 100, dtype=dt) for i, (dt, shape) in enumerate(specs)}
+    f = tmp_path_factory.mktemp("st") / "m.safetensors"
+    save_file(arrays, str(f))
+    got, want = read_tensors(f), load_file(str(f))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+        np.testing.assert_array_equal(got[k], want[k])
+        assert got[k].flags.writeable and got[k].flags.c_contiguous
+
+
+def test_read_tensors_refuses_a_truncated_file(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    from curmoe.common.safetensors import read_tensors
+
+    f = tmp_path / "m.safetensors"
+    save_file({"a": np.ones((64, 64), np.float32)}, str(f))
+    data = f.read_bytes()
+    for cut in (4, 20, len(data) - 1):
+        f.write_bytes(data[:cut])
+        with pytest.raises(ValueError):
+            read_tensors(f)

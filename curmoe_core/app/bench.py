@@ -14,10 +14,14 @@ This machine is shared and noisy: compare rows of one run, not runs. Not a test.
 from __future__ import annotations
 
 import argparse
+import gc
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +144,10 @@ def run(args: argparse.Namespace) -> dict:
     from curmoe.exporters import OnnxExportConfig, export
     from curmoe.runtimes import load
 
+    # Memory: one model and one runtime session alive at a time. Compressed models are exported and dropped (only
+    # their decode bytes are kept); each row's session is opened, measured and closed before the next one opens.
     model = curmoe.load(args.model)
+    described = repr(model)
     rng = np.random.default_rng(0)
     V = model.config.vocab_size
     calib = rng.integers(0, V, size=(args.calib_tokens // 256, 256))
@@ -150,32 +157,47 @@ def run(args: argparse.Namespace) -> dict:
         calib = calibration_ids("wikitext2:train", model, n_tokens=args.calib_tokens)
     except Exception as e:  # no data or tokenizer: random ids are fine for timing
         print(f"(calibration on random tokens: {e})", file=sys.stderr)
-    models = {"dense": model}
-    for r in (0.5, 0.7):
-        models[f"cur{int(r * 100)}"] = curmoe.compress(
-            model, curmoe.CURConfig(ratio=r, activation_aware=True), calib_ids=calib, progress=False)
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-bench-"))
-    rows: list[tuple[str, str, object]] = []  # (label, model key, runner)
+    variants = {"dense": [("sparse", False), ("dense", False), ("sparse", True)], "cur50": [("sparse", False)],
+                "cur70": [("sparse", False), ("dense", False)]}
+    nbytes: dict[str, int] = {}
+    paths: dict[tuple[str, str, bool], Path] = {}
+    for key, dispatches in variants.items():
+        m = model if key == "dense" else curmoe.compress(
+            model, curmoe.CURConfig(ratio=int(key[3:]) / 100, activation_aware=True), calib_ids=calib,
+            progress=False)
+        nbytes[key] = decode_bytes(m)
+        for dispatch, fused in dispatches:
+            paths[key, dispatch, fused] = export(m, OnnxExportConfig(dispatch=dispatch, fused_moe=fused),
+                                                 tmp / f"{key}-{dispatch}-{fused}.onnx")
+        del m
+        print(f"  exported {key}", file=sys.stderr)
+    del model
+    gc.collect()
+
+    Row = tuple[str, str, Callable[[], Any]]  # (label, model key, make the runner)
+    rows: list[Row] = []
     if not args.skip_numpy:
-        rows.append(("numpy reference (dense)", "dense", Runner(load(model.save(tmp / "dense"), "reference"))))
+        rows.append(("numpy reference (dense)", "dense", lambda: Runner(load(args.model, "reference"))))
     try:
-        rows.append(("torch eager (dense)", "dense", TorchRunner(model, args.threads)))
+        import torch  # noqa: F401
+
+        rows.append(("torch eager (dense)", "dense", lambda: TorchRunner(curmoe.load(args.model), args.threads)))
     except ImportError as e:
         print(f"(torch row skipped: {e})", file=sys.stderr)
-    variants = [("dense", "sparse", False), ("dense", "dense", False), ("dense", "sparse", True),
-                ("cur50", "sparse", False), ("cur70", "sparse", False), ("cur70", "dense", False)]
-    paths = {}
-    for key, dispatch, fused in variants:
-        path = export(models[key], OnnxExportConfig(dispatch=dispatch, fused_moe=fused), tmp / f"{key}-{dispatch}-{fused}.onnx")
-        paths[key, dispatch, fused] = path
+    for (key, dispatch, fused), path in paths.items():
         label = f"ORT cpu {key} {'fused MoE' if fused else dispatch + ' dispatch'}"
-        rows.append((label, key, Runner(load(path, "onnxruntime:cpu", threads=args.threads))))
+        rows.append((label, key, lambda p=path: Runner(load(p, "onnxruntime:cpu", threads=args.threads))))
     if not args.skip_openvino:
         try:
+            from curmoe.common.errors import require
+
+            require("openvino", "openvino")
             for key, dispatch in (("dense", "sparse"), ("dense", "dense"), ("cur70", "sparse"), ("cur70", "dense")):
                 for prec in ("f32", "bf16"):
-                    sess = load(paths[key, dispatch, False], "openvino:cpu", precision=prec, threads=args.threads)
-                    rows.append((f"OpenVINO cpu {prec} {key} {dispatch} dispatch", key, Runner(sess)))
+                    rows.append((f"OpenVINO cpu {prec} {key} {dispatch} dispatch", key,
+                                 lambda p=paths[key, dispatch, False], q=prec: Runner(
+                                     load(p, "openvino:cpu", precision=q, threads=args.threads))))
         except curmoe.CurmoeError as e:  # not installed here: say so, keep the other rows
             print(f"(OpenVINO rows skipped: {e})", file=sys.stderr)
 
@@ -183,20 +205,24 @@ def run(args: argparse.Namespace) -> dict:
     prefills = [int(t) for t in args.prefill.split(",")]
     prompt = rng.integers(0, V, size=(1, 16))
     results = []
-    for label, key, runner in rows:
+    for label, key, make in rows:
+        runner = make()
         runner.decode(prompt, 2)  # warm-up
         dec = min(runner.decode(prompt, args.steps) for _ in range(args.repeats))
         pre = {T: min(runner.prefill(rng.integers(0, V, size=(1, T))) for _ in range(args.repeats)) for T in prefills}
+        del runner  # close the session before the next one opens
+        gc.collect()
         tps = args.steps / dec
-        roof = bw / decode_bytes(models[key])
+        roof = bw / nbytes[key]
         results.append(dict(row=label, model=key, decode_tok_s=tps, roofline_tok_s=roof, roofline_frac=tps / roof,
                             **{f"prefill_{T}_ms": 1e3 * v for T, v in pre.items()}))
         if not args.json:
             print(f"  measured {label}", file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
 
     base = next(r for r in results if r["row"] == "ORT cpu dense sparse dispatch")
     torch_row = next((r for r in results if r["row"].startswith("torch")), None)
-    say(f"model {args.model}: {model!r}")
+    say(f"model {args.model}: {described}")
     say(f"threads {args.threads}, decode {args.steps} steps after a 16-token prompt (batch 1, KV cache), "
           f"best of {args.repeats}; copy bandwidth {bw / 1e9:.1f} GB/s")
     head = ("| row | decode tok/s | x ORT dense | x torch eager | roofline tok/s | % roofline | "

@@ -25,6 +25,7 @@ import numpy as np
 
 from curmoe.common.errors import CheckpointError, InvalidInputError
 from curmoe.common.io import atomic_dir, read_json
+from curmoe.common.safetensors import read_tensors
 from curmoe.reference._config import ModelConfig
 from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
 from curmoe.reference.names import expected_tensors, expert_keys
@@ -51,14 +52,12 @@ def _read_config(path: Path) -> ModelConfig:
 
 
 def _read_tensors(f: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
+    """Every tensor of one safetensors file, read one at a time (the file's size in memory, once)."""
     if not f.is_file():
         raise CheckpointError(f"{str(f)!r} is missing; the model directory must hold {WEIGHTS_FILE}")
     try:
-        return load_file(str(f))
-    except (SafetensorError, ValueError, OSError) as e:
+        return read_tensors(f)
+    except (ValueError, OSError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"{str(f)!r} could not be read as safetensors ({e}); the file is truncated or corrupt: re-save or re-download it"
         ) from e
