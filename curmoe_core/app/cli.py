@@ -435,6 +435,7 @@ def _configure_validate(p: argparse.ArgumentParser) -> None:
                    help="default: from the file: onnxruntime:cpu for .onnx, openvino:cpu for .xml, coreml (macOS) "
                         "or coreml:mil for .mlpackage")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random test inputs (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -488,9 +489,9 @@ def _validate(args: argparse.Namespace) -> int:
     if args.file.rstrip("/").endswith(".mlpackage"):  # a Core ML package: same cases without the cached decode
         from curmoe.runtimes.adapters.coreml import validate_coreml
 
-        rep = validate_coreml(args.file.rstrip("/"), model, runtime).to_dict()
+        rep = validate_coreml(args.file.rstrip("/"), model, runtime, seed=args.seed).to_dict()
     else:
-        rep = validate(args.file, model, runtime, **opts).to_dict()
+        rep = validate(args.file, model, runtime, seed=args.seed, **opts).to_dict()
     rep.pop("cases", None)
     _emit(rep, args.json, lambda r: (
         f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "
