@@ -39,3 +39,8 @@ __all__ += ["TorchMoE", "TorchKVCache", "TrainOutput", "load_torch", "train_only
 # --- healing after compression (torch on first use) ---
 _LAZY.update({name: "curmoe.models.healing" for name in ("heal", "HealConfig", "HealReport")})
 __all__ += ["heal", "HealConfig", "HealReport"]
+
+# --- real pretrained models (converted once into a cache) ---
+_LAZY.update({name: "curmoe.models.pretrained" for name in ("pretrained", "pretrained_dir", "as_single_expert")})
+_LAZY.update({name: "curmoe.models.tokenizer" for name in ("load_hf_tokenizer", "HFTokenizer", "encode_text")})
+__all__ += ["pretrained", "pretrained_dir", "as_single_expert", "load_hf_tokenizer", "HFTokenizer", "encode_text"]

