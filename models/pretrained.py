@@ -88,7 +88,7 @@ def source_file(name: str) -> Path:
 
 
 def _cache_is_complete(folder: Path, src: Path) -> bool:
-    from curmoe.models.hf._gguf import sha256_file
+    from curmoe.models.hf import sha256_file
 
     need = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md")
     if not all((folder / n).is_file() for n in need):
@@ -139,7 +139,7 @@ def as_single_expert(model: Model) -> Model:
     not counted as FFN parameters). Compression methods then remove FFN parameters exactly as they remove expert
     parameters.
     """
-    from curmoe.models.hf._config import dense_placeholder
+    from curmoe.models.hf import dense_placeholder
 
     cfg = model.config
     if cfg.factors:

