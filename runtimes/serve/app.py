@@ -13,6 +13,7 @@ while waiting for a non-streamed answer) cancels its sequence, which frees its s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import json
@@ -283,16 +284,28 @@ class _Run:
 
     def __init__(self, engine: Engine, gen: GenRequest) -> None:
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.events: collections.deque[Any] = collections.deque()
+        self.ready = asyncio.Event()
+        self.pending = False  # a wake-up is scheduled on the loop
         self.submitted = time.monotonic()
-        self.handle = engine.submit(gen, self._sink)
         self.metrics = engine.metrics
+        self.handle = engine.submit(gen, self._sink)
 
-    def _sink(self, ev: Any) -> None:  # engine thread
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
+    def _sink(self, ev: Any) -> None:  # engine thread: wake the loop once per batch of events, not per token
+        self.events.append(ev)
+        if not self.pending:
+            self.pending = True
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:  # loop thread
+        self.pending = False
+        self.ready.set()
 
     async def next(self) -> Any:
-        ev = await self.queue.get()
+        while not self.events:
+            self.ready.clear()
+            await self.ready.wait()
+        ev = self.events.popleft()
         if isinstance(ev, Done) and ev.reason != "cancelled":
             self.metrics.latency.observe(time.monotonic() - self.submitted)
         return ev
@@ -324,7 +337,7 @@ class _Response:
         self.p, self.codec, self.model, self.chat = p, codec, model, chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self.decoder = StreamDecoder(codec, p.stop)
+        self.decoder = StreamDecoder(codec, p.stop, incremental=p.stream or bool(p.stop))
         self.n_out = 0
         self.lp_tokens: list[Token] = []
         self.finish: str | None = None

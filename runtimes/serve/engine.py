@@ -149,6 +149,7 @@ class Engine:
         self._waiting: collections.deque[Handle] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
+        self._admitting = 0  # popped from the queue, being prefilled, not yet in the batch
         self._thread: threading.Thread | None = None
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -176,8 +177,10 @@ class Engine:
         with self._cv:
             if self._stopping or self._thread is None or not self._thread.is_alive():
                 raise EngineBusyError(503, "shutting_down", "the server is shutting down; retry on another server")
-            free = self.config.max_batch - len(self._batch) - len(self._waiting)
-            if free <= 0 and len(self._waiting) >= self.config.max_queue:
+            # requests that would have to wait for a slot once every free slot (less those being prefilled) is
+            # taken: the queue proper, which max_queue bounds
+            free = self.config.max_batch - len(self._batch) - self._admitting
+            if len(self._waiting) - max(free, 0) >= self.config.max_queue:
                 raise EngineBusyError(
                     429, "queue_full",
                     f"{len(self._waiting)} requests already wait for one of {self.config.max_batch} slots; the queue "
@@ -205,8 +208,10 @@ class Engine:
                     if self._stopping:
                         break
                     admitted = self._admit()
+                    self._admitting = len(admitted)
                 for h in admitted:
                     self._prefill(h)
+                    self._admitting -= 1
                 self._reap()
                 if len(self._batch):
                     self._decode()

@@ -121,8 +121,8 @@ def _raise(message: str) -> None:
 class StreamDecoder:
     """Turns generated ids into text pieces, cut at the first stop string (which is not part of the text)."""
 
-    def __init__(self, codec: TextCodec, stop: list[str] | None = None) -> None:
-        self.codec = codec
+    def __init__(self, codec: TextCodec, stop: list[str] | None = None, incremental: bool = True) -> None:
+        self.codec, self.incremental = codec, incremental or bool(stop)  # else all text comes at flush()
         self.stop = [s for s in (stop or []) if s]
         self.ids: list[int] = []
         self.sent = ""  # text already handed out
@@ -133,6 +133,8 @@ class StreamDecoder:
         if self.stopped:
             return ""
         self.ids.append(int(token_id))
+        if not self.incremental:
+            return ""
         text = self.codec.decode(self.ids)
         for s in self.stop:
             # a stop string can only be new if it ends in the unsent part
