@@ -13,9 +13,11 @@ calibration data, 50% of expert parameters), batch 1, greedy, a 16-token prompt 
 - ``curmoe ORT adapter``: ``curmoe.runtimes.load(X.onnx, "onnxruntime:cpu")``.
 
 Every row computes in float32 (OpenVINO ``INFERENCE_PRECISION_HINT=f32``), sparse expert dispatch, ``--threads``
-intra-op threads (``OMP_NUM_THREADS`` is set to the same). Each row reports the best of ``--repeats`` runs and
-the greedy tokens it produced, which must equal every other row's (``tokens_agree``). This machine is shared and
-noisy: compare rows of one run, not runs. Not a test.
+intra-op threads (``OMP_NUM_THREADS`` is set to the same). Each row reports the best of ``--repeats`` runs (the
+rows interleaved within each repeat, so load from other jobs falls on all of them alike) and the greedy tokens it
+produced, which must equal the curmoe ORT adapter's up to the first eos (``tokens_agree``; the GenAI stacks
+mask eos to decode every step). This machine is shared and noisy: compare rows
+of one run, not runs. Not a test.
 
     OMP_NUM_THREADS=1 python benchmarks/genai.py --threads 1 --steps 64 --repeats 3 --out docs/results/data/genai.json
 """
@@ -77,7 +79,9 @@ def _ort_genai(folder: Path, prompt: list[int], steps: int) -> tuple[float, list
 
     m = og.Model(str(folder))
     p = og.GeneratorParams(m)
-    p.set_search_options(max_length=len(prompt) + steps, do_sample=False)
+    # min_length: decode every step (the stack would stop at eos; it masks eos until then, as LLMPipeline does
+    # with min_new_tokens, so the two GenAI rows may differ from the adapters' after the first eos)
+    p.set_search_options(max_length=len(prompt) + steps, min_length=len(prompt) + steps, do_sample=False)
     g = og.Generator(m, p)
     g.append_tokens(np.asarray([prompt], np.int32))  # prefill
     g.generate_next_token()
@@ -96,6 +100,49 @@ def _ov_genai(pipe, prompt: list[int], steps: int) -> tuple[float, list[int]]:
     gc.max_new_tokens, gc.min_new_tokens, gc.do_sample, gc.ignore_eos = steps, steps, False, True
     res = pipe.generate(ov.Tensor(np.asarray([prompt], np.int64)), gc)
     return 1000.0 / res.perf_metrics.get_tpot().mean, [int(t) for t in res.tokens[0]]
+
+
+def tokenizer_agreement(model_dir: Path, tmp: Path, n_lines: int) -> dict:
+    """Ids (and decoded text) of both stacks' tokenizers against curmoe's on WikiText-2 raw valid+test lines."""
+    import onnxruntime_genai as og
+    import openvino as ov
+    from tokenizers import Tokenizer
+
+    raw = Path(curmoe.data_dir()) / "wikitext-2-raw"
+    lines = [" ".join(x.split()) for f in ("valid", "test") for x in (raw / f"{f}.txt").read_text().splitlines()]
+    lines = [x for x in lines if x][:n_lines]
+    model = curmoe.load(model_dir)
+    export_ort_genai(model, tmp / "tok-ort")
+    export_ov_genai(model, tmp / "tok-ov")
+    ref = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    conv = Tokenizer.from_file(str(tmp / "tok-ort" / "tokenizer.json"))
+    otok = og.Tokenizer(og.Model(str(tmp / "tok-ort")))
+    venc = ov.compile_model(str(tmp / "tok-ov" / "openvino_tokenizer.xml"), "CPU")
+    vdec = ov.compile_model(str(tmp / "tok-ov" / "openvino_detokenizer.xml"), "CPU")
+    V, unk = model.config.vocab_size, conv.token_to_id("<unk>")
+    counts = {k: {"ids_equal": 0, "differ_with_unk": 0, "differ_without_unk": 0, "decode_equal": 0,
+                  "decode_differ_without_unk": 0}
+              for k in ("hf_converted", "openvino_tokenizers", "ort_genai")}
+    for x in lines:
+        ids = ref.encode(x, add_special_tokens=False).ids
+        text = ref.decode(ids)
+        got = {"hf_converted": conv.encode(x, add_special_tokens=False).ids,
+               "openvino_tokenizers": [int(i) for i in venc([x])["input_ids"][0]],
+               "ort_genai": [int(i) for i in otok.encode(x)]}
+        dec = {"hf_converted": conv.decode(ids),
+               "openvino_tokenizers": str(vdec(np.asarray([ids], np.int64))["string_output"][0]),
+               "ort_genai": otok.decode(np.asarray(ids, np.int32)).lstrip(" ")}  # see docs/genai.md
+        for k, g in got.items():
+            g = [i if i < V else unk for i in g]  # what the exported graph reads
+            c = counts[k]
+            c["ids_equal"] += g == ids
+            if g != ids:
+                c["differ_with_unk" if unk in ids else "differ_without_unk"] += 1
+            c["decode_equal"] += dec[k] == text
+            c["decode_differ_without_unk"] += dec[k] != text and unk not in ids
+    return {"model": str(model_dir), "lines": len(lines), "split": "WikiText-2 raw valid then test, non-empty "
+            "lines, whitespace runs collapsed", "ort_genai_decode": "compared after removing leading spaces",
+            **counts}
 
 
 def bench(model: curmoe.Model, name: str, tmp: Path, threads: int, steps: int, repeats: int,
@@ -119,12 +166,16 @@ def bench(model: curmoe.Model, name: str, tmp: Path, threads: int, steps: int, r
         "ONNX Runtime GenAI": lambda: _ort_genai(tmp / f"{name}-ort-genai", prompt, steps),
         "curmoe ORT adapter": lambda: _adapter(ort, prompt, steps),
     }
-    out = []
-    for row, fn in rows.items():
+    for fn in rows.values():
         fn()  # warm-up (first-inference allocations)
-        runs = [fn() for _ in range(repeats)]
-        out.append({"row": row, "model": name, "decode_tok_s": max(r[0] for r in runs),
-                    "decode_tok_s_runs": [r[0] for r in runs], "tokens": runs[0][1]})
+    runs: dict[str, list] = {row: [] for row in rows}
+    for _ in range(repeats):  # rows interleaved, so that load from other jobs falls on every row alike
+        for row, fn in rows.items():
+            runs[row].append(fn())
+    out = []
+    for row, rs in runs.items():
+        out.append({"row": row, "model": name, "decode_tok_s": max(r[0] for r in rs),
+                    "decode_tok_s_runs": [r[0] for r in rs], "tokens": rs[0][1]})
         print(f"{name:6s} {row:42s} {out[-1]['decode_tok_s']:8.1f} tok/s", flush=True)
     return out
 
@@ -135,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=64, help="decode steps after a 16-token prompt")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tokenizer-lines", type=int, default=2000,
+                   help="WikiText-2 raw lines for the tokenizer agreement (0: skip; needs $CURMOE_DATA_DIR)")
     p.add_argument("--out", default=None, help="results JSON (e.g. docs/results/data/genai.json)")
     args = p.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -142,21 +195,28 @@ def main(argv: list[str] | None = None) -> int:
     cur = curmoe.compress(dense, curmoe.CURConfig(ratio=0.5), progress=False)
     prompt = list(range(100, 116))  # 16 token ids, fixed
     rows = []
+    tok_agreement = None
     with tempfile.TemporaryDirectory(prefix="curmoe-genai-bench.") as tmp:
+        if args.tokenizer_lines:
+            tok_agreement = tokenizer_agreement(Path(args.model), Path(tmp), args.tokenizer_lines)
+            print(json.dumps(tok_agreement, indent=1), flush=True)
         for name, m in (("dense", dense), ("cur50", cur)):
             rows += bench(m, name, Path(tmp), args.threads, args.steps, args.repeats, prompt)
+    eos = dense.config.eos_token_id
     for name in ("dense", "cur50"):
-        toks = [r["tokens"] for r in rows if r["model"] == name]
+        ref = next(r["tokens"] for r in rows if r["model"] == name and r["row"] == "curmoe ORT adapter")
+        n = ref.index(eos) + 1 if eos in ref else len(ref)  # compared up to the first eos (see _ort_genai)
         for r in rows:
             if r["model"] == name:
-                r["tokens_agree"] = all(t == toks[0] for t in toks)
+                r["tokens_agree"] = r["tokens"][:n] == ref[:n]
+                r["tokens_compared"] = n
     data = {"provenance": provenance(argv, script=__file__),
             "setup": {"model": args.model, "threads": args.threads, "OMP_NUM_THREADS": args.threads,
                       "prompt_tokens": len(prompt), "steps": args.steps, "repeats": args.repeats, "batch": 1,
                       "precision": "float32", "dispatch": "sparse",
                       "cur50": "CURConfig(ratio=0.5), DEIM, no calibration; ratio = expert parameters removed",
                       "tok_s": "best of repeats; decode steps only (prefill excluded)"},
-              "rows": rows}
+              "rows": rows, "tokenizer_agreement": tok_agreement}
     if args.out:
         write_results(args.out, data)
     print(json.dumps({r["row"] + " / " + r["model"]: round(r["decode_tok_s"], 1) for r in rows}, indent=1))

@@ -142,6 +142,22 @@ def test_stacks_tokenizers_agree_with_curmoe(ort_folder, ov_folder):
         assert otok.decode(np.asarray(ids, np.int32)).lstrip(" ") == ref.decode(ids)
 
 
+def test_float16_and_dense_dispatch_on_both_stacks(tiny, tmp_path):
+    """--dtype float16 (ORT: a float16 graph; OpenVINO: float16 weights, compress_to_fp16) with dense dispatch."""
+    from curmoe.exporters import OnnxExportConfig
+
+    cfg = OnnxExportConfig(dtype="float16", dispatch="dense")
+    n = 8
+    ref = _reference_tokens(tiny, PROMPT, n)
+    export_ort_genai(tiny, tmp_path / "ort", cfg, threads=1)
+    toks, logits = _og_generate(tmp_path / "ort", PROMPT, n)
+    assert toks == ref
+    z = tiny.astype(np.float64).forward(np.asarray([PROMPT + ref[:-1]]))[0]
+    assert np.abs(logits - z).max() / np.abs(z).max() <= tolerance_for("float16").max_rel_err
+    export_ov_genai(tiny, tmp_path / "ov", cfg)
+    assert _ov_generate(tmp_path / "ov", PROMPT, n) == ref
+
+
 # --- the tokenizer layout (pure JSON maths, checked with Hugging Face tokenizers) ------------------------------
 _SHIPPED = json.loads((TINY / "tokenizer.json").read_text())
 _CONVERTED, _ADDED = genai_tokenizer(_SHIPPED)
