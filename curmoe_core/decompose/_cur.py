@@ -59,7 +59,6 @@ from curmoe.decompose._svd import (
     check_sketch,
     exact_svd,
     gram_side_svd,
-    relative_error,
     truncated_svd,
 )
 
@@ -241,6 +240,38 @@ def _middle(
     return (CpP / sr) @ Ur.T  # (c, k) @ (k, r): times diag(s_R)^{-1} U_R^T
 
 
+_ERROR_BLOCK = 1 << 22  # elements of W per row block of the error computation (32 MiB in float64)
+
+
+def _errors(W: np.ndarray, C: np.ndarray, U: np.ndarray, R: np.ndarray, calib: CalibStats | None
+            ) -> tuple[float, float | None]:
+    """(weight error, output error or None) of ``W' = C U R``, the float64 maths of ``relative_error`` and
+    ``CalibStats.output_error``, summed over row blocks so that no (m, n) float64 copy of W or W' is formed
+    (streamed compression holds one matrix at a time; this keeps its peak near the matrix itself)."""
+    m, n = W.shape
+    CU = C.astype(np.float64) @ U.astype(np.float64)  # (m, c) @ (c, r)
+    R64 = R.astype(np.float64)  # (r, n)
+    G = None if calib is None else calib.gram  # (n, n) float64
+    step = max(1, _ERROR_BLOCK // max(n, 1))
+    e2 = w2 = oe = ow = 0.0
+    for s in range(0, m, step):
+        Wb = W[s : s + step].astype(np.float64)  # (b, n)
+        Eb = Wb - CU[s : s + step] @ R64  # (b, r) @ (r, n)
+        e2 += float(np.einsum("ij,ij->", Eb, Eb))
+        w2 += float(np.einsum("ij,ij->", Wb, Wb))
+        if G is not None:  # trace(E G E^T) and trace(W G W^T), row block by row block
+            oe += float(np.einsum("ij,ij->", Eb @ G, Eb))
+            ow += float(np.einsum("ij,ij->", Wb @ G, Wb))
+
+    def rel(num_sq: float, den_sq: float) -> float:
+        num_sq = max(num_sq, 0.0)
+        if den_sq <= 0.0:
+            return 0.0 if num_sq == 0.0 else float("inf")
+        return float(np.sqrt(num_sq / den_sq))
+
+    return rel(e2, w2), (None if G is None else rel(oe, ow))
+
+
 def cur(
     W: np.ndarray,
     *,
@@ -346,9 +377,7 @@ def cur(
 
     w_err = o_err = None
     if errors:
-        W_hat = (C.astype(np.float64) @ U.astype(np.float64)) @ R.astype(np.float64)  # (m, c) (c, r) (r, n)
-        w_err = relative_error(W, W_hat)
-        o_err = calib.output_error(W, W_hat) if calib is not None else None
+        w_err, o_err = _errors(W, C, U, R, calib)
     log.debug("cur %dx%d %s/%s r=%d c=%d aware=%s weight error %s", m, n, selection, u, r, c, calib is not None,
               w_err)
     return CURResult(
