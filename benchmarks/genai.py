@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     eos = dense.config.eos_token_id
     for name in ("dense", "cur50"):
         ref = next(r["tokens"] for r in rows if r["model"] == name and r["row"] == "curmoe ORT adapter")
-        n = ref.index(eos) + 1 if eos in ref else len(ref)  # compared up to the first eos (see _ort_genai)
+        n = ref.index(eos) if eos in ref else len(ref)  # compared before the first eos (see _ort_genai)
         for r in rows:
             if r["model"] == name:
                 r["tokens_agree"] = r["tokens"][:n] == ref[:n]

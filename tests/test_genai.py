@@ -126,6 +126,31 @@ def test_ov_genai_tokens_and_text_match_reference(tiny, ov_folder):
     assert text == tok.decode(_reference_tokens(tiny, PROMPT, n))
 
 
+def test_stateful_ir_logits_match_reference(tiny, ov_folder):
+    """The saved stateful IR, compiled with the defaults stored in it (float32 KV cache and compute): logits of
+    the prompt and of each decode step within the float32 tolerance; reset_state starts a new sequence."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(ov_folder / "openvino_model.xml"), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    assert str(compiled.get_property("KV_CACHE_PRECISION")) == "<Type: 'float32'>"
+    assert {i.get_any_name() for i in compiled.inputs} == {"input_ids", "attention_mask", "beam_idx"}
+    req = compiled.create_infer_request()
+    ref = tiny.astype(np.float64)
+    new = [7, 99, 3]
+    z = ref.forward(np.asarray([PROMPT + new]))[0]
+    for _ in range(2):
+        req.reset_state()
+        got = [req.infer({"input_ids": np.asarray([PROMPT], np.int64), "beam_idx": np.zeros(1, np.int32),
+                          "attention_mask": np.ones((1, len(PROMPT)), np.int64)})["logits"][0]]
+        for i, t in enumerate(new):
+            mask = np.ones((1, len(PROMPT) + i + 1), np.int64)
+            got.append(req.infer({"input_ids": np.asarray([[t]], np.int64), "attention_mask": mask,
+                                  "beam_idx": np.zeros(1, np.int32)})["logits"][0])
+        got = np.concatenate(got)
+        assert got.shape == z.shape
+        assert np.abs(got - z).max() / np.abs(z).max() <= tolerance_for("float32").max_rel_err
+
+
 def test_stacks_tokenizers_agree_with_curmoe(ort_folder, ov_folder):
     import openvino as ov
 

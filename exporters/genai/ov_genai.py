@@ -1,7 +1,8 @@
 """``curmoe export MODEL --format ov-genai -o OUT/``: a folder OpenVINO GenAI loads
 (``openvino_genai.LLMPipeline(OUT, "CPU")``).
 
-    OUT/openvino_model.xml/.bin        stateful IR (KV cache as internal state + beam_idx, see .stateful)
+    OUT/openvino_model.xml/.bin        stateful IR (KV cache as internal state + beam_idx, see .stateful);
+                                       float32 KV cache and compute as compile defaults (RUNTIME_OPTIONS)
     OUT/openvino_tokenizer.xml/.bin    tokenizer converted with openvino-tokenizers (layout: ._tokenizer)
     OUT/openvino_detokenizer.xml/.bin  and the detokenizer
     OUT/config.json, generation_config.json   what LLMPipeline reads (eos, greedy defaults)
@@ -32,6 +33,14 @@ __all__ = ["export_ov_genai"]
 log = logging.getLogger(__name__)
 
 STACK = "OpenVINO GenAI"
+
+#: Compile defaults stored in the IR (``rt_info["runtime_options"]``): the validated float32 computation. The CPU
+#: plugin otherwise computes in bf16 on AMX CPUs and may keep a stateful KV cache in uint8 (``KV_CACHE_PRECISION``
+#: u8, its default since 2024, applied inside its fused ScaledDotProductAttention node; measured: no effect on the
+#: curmoe graph with openvino 2026.4.1, whose attention is not fused into that node). Both are faster and lossy;
+#: a user who wants them passes e.g. ``LLMPipeline(folder, "CPU", INFERENCE_PRECISION_HINT="bf16")``: explicit
+#: properties override these.
+RUNTIME_OPTIONS = {"KV_CACHE_PRECISION": "f32", "INFERENCE_PRECISION_HINT": "f32"}
 
 
 def export_ov_genai(model: Model, folder: str | os.PathLike[str], config: OnnxExportConfig | None = None
@@ -69,6 +78,8 @@ def export_ov_genai(model: Model, folder: str | os.PathLike[str], config: OnnxEx
     make_stateful_ir(ir)
     for k, v in meta.items():
         ir.set_rt_info(v, ["curmoe", k])
+    for k, v in RUNTIME_OPTIONS.items():  # compile defaults read from the IR; properties passed by the user win
+        ir.set_rt_info(v, ["runtime_options", k])
     ov.save_model(ir, str(folder / "openvino_model.xml"), compress_to_fp16=half)
     del ir
     files = ["openvino_model.xml", "openvino_model.bin"]
