@@ -50,7 +50,8 @@ def _check_expressible(model: Any) -> None:
                                 f"({_SUPPORTED_VERSION}); upgrade curmoe")
     kind = c.moe.router.kind
     if kind not in SUPPORTED_ROUTERS:
-        raise InvalidInputError(f"router kind {kind!r} has no HF implementation; supported: {', '.join(SUPPORTED_ROUTERS)}")
+        raise InvalidInputError(f"router kind {kind!r} has no HF implementation; supported: "
+                                f"{', '.join(SUPPORTED_ROUTERS)}")
     for key, spec in c.factors.items():
         if spec.get("kind") not in SUPPORTED_FACTORS:
             raise InvalidInputError(f"{key} is factorised as {spec.get('kind')!r}, which the HF modeling code cannot "
@@ -123,7 +124,8 @@ def write_hf_folder(model: Any, folder: str | Path, *, dtype: str | None = None)
     _check_expressible(model)
     dtype = dtype or np.dtype(model.dtype).name
     if dtype not in _DTYPES:
-        raise InvalidInputError(f"dtype={dtype!r} is not a weight dtype of the HF folder; pass one of {', '.join(_DTYPES)}")
+        raise InvalidInputError(f"dtype={dtype!r} is not a weight dtype of the HF folder; pass one of "
+                                f"{', '.join(_DTYPES)}")
     tensors = _tensors(model, _DTYPES[dtype])
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(_hf_config(model, dtype), indent=2, sort_keys=True) + "\n")

@@ -208,7 +208,7 @@ def route(
     decoding: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(experts (N, k) int64 with -1 for empty/dropped slots, gates (N, k) float64): curmoe.route, per group."""
-    n, e = logits.shape
+    e = logits.shape[1]
     kind, k = rc["kind"], int(rc["top_k"])
     if kind == "expert_choice" and decoding:
         if rc.get("decode_fallback") is None:
@@ -258,7 +258,7 @@ class Router(nn.Module):
             self.bias = None
 
 
-def moe_forward(layer: "Layer", x: torch.Tensor, ids: torch.Tensor, group_sizes: list[int],
+def moe_forward(layer: Layer, x: torch.Tensor, ids: torch.Tensor, group_sizes: list[int],
                 decoding: bool) -> torch.Tensor:
     """An MoE block on x (N, d) normed real tokens, sequence after sequence -> (N, d); each expert runs on its
     tokens only (one gather, one index_add), shared experts on every token."""
@@ -374,8 +374,9 @@ class Layer(nn.Module):
             act = moe.get("activation", "swiglu")
             self.experts = nn.ModuleList(Expert(d, int(moe["d_ff"]), act, factors, f"layers.{layer}.experts.{e}")
                                          for e in range(int(moe["n_experts"])))
-            self.shared = nn.ModuleList(Expert(d, int(moe.get("shared_d_ff", 0)), act, factors,
-                                               f"layers.{layer}.shared.{s}") for s in range(int(moe.get("n_shared", 0))))
+            n_shared, f_shared = int(moe.get("n_shared", 0)), int(moe.get("shared_d_ff", 0))
+            self.shared = nn.ModuleList(Expert(d, f_shared, act, factors, f"layers.{layer}.shared.{s}")
+                                        for s in range(n_shared))
             self.shared_gate = nn.Linear(d, 1, bias=False) if moe.get("shared_gate") else None
         else:
             self.mlp = Expert(d, int(c["dense_d_ff"]), "swiglu", {}, "")
