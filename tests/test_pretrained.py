@@ -89,3 +89,32 @@ def test_smollm2_gguf_converts_once_and_answers(tmp_path, monkeypatch):
         out.append(int(logits[0, -1].argmax()))
         logits = model.forward(np.array([out[-1:]]), cache=cache)
     assert "Paris" in tok.decode(out)
+
+
+def test_pretrained_page_formats_both_blocks_and_says_who_wins():
+    from curmoe.app.report_pretrained import pretrained_page
+
+    prov = {"command": "python benchmarks/pretrained.py sweep", "commit": "abc1234", "utc": "2026-11-30 04:00"}
+    proto = {"context": 512, "stride": 256, "tokens": 1024, "joined": "raw", "word_count": "w"}
+    eng = {"reference float64": {"ppl_token": 20.0, "ppl_word": 40.0, "rel_diff_vs_reference": 0.0,
+                                 "agrees_1e-3": True},
+           "openvino cpu f32": {"ppl_token": 20.1, "ppl_word": 40.2, "rel_diff_vs_reference": 5e-3,
+                                "agrees_1e-3": False}}
+
+    def row(method, ratio, ppl):
+        return {"method": method, "ratio_target": ratio, "ratio_expert_params": ratio, "ratio_all_params": ratio / 2,
+                "mean_output_error": 0.1, "compress_s": 1.0, "valid": {"ppl_token": ppl, "ppl_word": 2 * ppl},
+                "test": {"ppl_token": ppl + 1, "ppl_word": 2 * ppl}}
+
+    data = {"agreement": {"split": "valid (raw)", "protocol": proto, "engines": eng, "tolerance": 1e-3,
+                          "provenance": prov},
+            "sweep": {"rows": [row("dense", 0.0, 10.0), row("cur-neuron global", 0.5, 15.0), row("svd-llm", 0.5, 30.0),
+                               row("cur-deim aware", 0.7, 90.0), row("svd", 0.7, 60.0)],
+                      "splits": ["valid", "test"], "protocol": proto | {"stride": 512, "context": 512},
+                      "provenance": prov}}
+    page = pretrained_page(data)
+    assert "**NO**" in page and "At least one engine misses it" in page
+    assert "50% of FFN parameters removed: best CUR (cur-neuron global) 16.00 vs best SVD (svd-llm) 31.00" in page
+    assert "**CUR is better** (1.94x)" in page and "70% of FFN parameters removed" in page
+    assert "**SVD is better**" in page and "non-overlapping windows" in page and "`abc1234`" in page
+    assert "No compression sweep yet" in pretrained_page({"agreement": None})
