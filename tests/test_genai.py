@@ -23,8 +23,8 @@ pytest.importorskip("openvino_tokenizers")
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
-from curmoe.exporters.genai import export_ort_genai, export_ov_genai, genai_tokenizer  # noqa: E402
-from curmoe.runtimes.tolerances import tolerance_for  # noqa: E402
+from curmoe.exporters.genai import export_ort_genai, export_ov_genai, genai_tokenizer
+from curmoe.runtimes.tolerances import tolerance_for
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "wt2-moe-tiny"
 PROMPT = [452, 1661, 464, 452, 1211]  # "the history of the city" in the shipped tokenizer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["export_ort_genai", "export_ov_genai", "make_stateful_ir", "genai_tokenizer"]
+__all__ = ["export_ort_genai", "export_ov_genai", "genai_tokenizer", "make_stateful_ir"]
 
 _LAZY = {
     "export_ort_genai": "curmoe.exporters.genai.ort_genai",

@@ -10,7 +10,7 @@ from curmoe.common.errors import DecodingNotSupportedError, InvalidInputError
 from curmoe.exporters.onnx import OnnxExportConfig
 from curmoe.reference import Model
 
-__all__ = ["check_decodable", "ort_genai_config", "hf_configs", "tokenizer_config", "PAST", "PRESENT"]
+__all__ = ["PAST", "PRESENT", "check_decodable", "hf_configs", "ort_genai_config", "tokenizer_config"]
 
 #: GenAI input/output names of layer l's KV cache (ONNX Runtime GenAI's defaults, optimum's names).
 PAST = "past_key_values.{l}.{kv}"

@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["genai_tokenizer", "tokenizer_class", "read_chat_template", "TokenizerFiles", "SPACE"]
+__all__ = ["SPACE", "TokenizerFiles", "genai_tokenizer", "read_chat_template", "tokenizer_class"]
 
 SPACE = "\u2581"  # SentencePiece's word-boundary mark
 

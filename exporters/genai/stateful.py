@@ -25,7 +25,7 @@ from openvino._offline_transformations import apply_make_stateful_transformation
 
 from curmoe.common.errors import InvalidInputError
 
-__all__ = ["make_stateful_ir", "cache_pairs"]
+__all__ = ["cache_pairs", "make_stateful_ir"]
 
 _PAST = re.compile(r"^(?:past|past_key_values)\.(\d+)\.(key|value)$")
 
