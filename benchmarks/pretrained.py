@@ -12,8 +12,8 @@ relative in token perplexity.
 ``sweep``: every compression method at 30/50/70% of FFN parameters removed (each dense SwiGLU FFN is one
 always-on expert, ``curmoe.models.pretrained.as_single_expert``: ratios count FFN parameters, the attention and
 the tied 28.3 M-parameter embedding are untouched; ``ratio_all_params`` is the share of all parameters). Columns as
-the shipped-model table: valid and test perplexity (ONNX Runtime CPU float32, shown by ``agree`` to match the
-reference), mean per-matrix output error on the calibration tokens, compression time. Calibration: the first
+the shipped-model table: valid and test perplexity (``--runtime``: the NumPy reference in float32 by default, no
+export needed; or ONNX Runtime CPU float32, shown by ``agree`` to match the reference), mean per-matrix output error on the calibration tokens, compression time. Calibration: the first
 ``--calib-tokens`` tokens of the word-level WikiText-2 train split (raw train is not in the shared data; word-level
 train is disjoint from valid/test), tokenised with the model's own tokenizer, in windows of 512 tokens; computed
 once and reused by every method (``compress_s`` then excludes it; ``calibration_s`` gives it).
@@ -25,7 +25,7 @@ targets no earlier window scored. Word-level perplexity divides the same total N
 stand for (the raw split's whitespace words plus one per line, prorated to the scored share of the stream).
 
     python benchmarks/pretrained.py agree --tokens 1024 --context 512 --stride 256
-    python benchmarks/pretrained.py sweep --tokens 4096 --context 512 --stride 512 --ratios 0.3,0.5,0.7
+    python benchmarks/pretrained.py sweep --tokens 1024 --context 512 --stride 512 --calib-tokens 2048
 """
 
 from __future__ import annotations
@@ -107,6 +107,45 @@ def _session_fn(path: Path, runtime: str, threads: int) -> Callable[[np.ndarray]
     return session_logits_fn(load(path, runtime, threads=threads))
 
 
+def _hf_from_gguf() -> Any:
+    """transformers' own GGUF loader: an independent dequantisation (about 2 min on a quiet 2-core machine)."""
+    from transformers import AutoModelForCausalLM
+
+    from curmoe.models.pretrained import source_file
+
+    src = source_file(NAME)
+    return AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name).eval()
+
+
+def _hf_same_weights(model: curmoe.Model) -> Any:
+    """transformers' LlamaForCausalLM holding the curmoe model's (dequantised) weights. The weights are the same as
+    transformers' own GGUF loader gives: all 272 tensors compared bit-identical (docs/pretrained.md)."""
+    import torch
+    import transformers
+
+    c = model.config
+    hc = transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.dense_d_ff, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads, head_dim=c.head_dim_,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, rms_norm_eps=c.norm_eps,
+        max_position_embeddings=c.max_seq_len, tie_word_embeddings=c.tie_embeddings, attn_implementation="eager")
+    m = transformers.LlamaForCausalLM(hc).eval()
+    names = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
+             "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
+             "mlp.down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    sd = {"model.embed_tokens.weight": model.tensors["embed.weight"], "model.norm.weight": model.tensors["norm.weight"]}
+    for k, v in model.tensors.items():
+        if k.startswith("layers."):
+            _, l, rest = k.split(".", 2)
+            base, kind = rest.rsplit(".", 1)
+            sd[f"model.layers.{l}.{names[base]}.{kind}"] = v
+    missing, unexpected = m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"weight mapping failed: missing {missing}, unexpected {unexpected}")
+    m.tie_weights()
+    return m
+
+
 def agree(args: argparse.Namespace) -> int:
     import torch
 
@@ -142,20 +181,16 @@ def agree(args: argparse.Namespace) -> int:
         return _session_fn(onnx_path[0], "openvino:cpu", args.threads)
 
     def hf() -> Callable[[np.ndarray], np.ndarray]:
-        from transformers import AutoModelForCausalLM
-
-        from curmoe.models.pretrained import source_file
-
-        src = source_file(NAME)
-        m = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name).eval()
+        m = _hf_from_gguf() if args.hf_gguf else _hf_same_weights(model)
 
         def fn(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 return m(input_ids=torch.tensor(x)).logits.double().numpy()
         return fn
 
+    hf_name = "transformers (own GGUF loader)" if args.hf_gguf else "transformers LlamaForCausalLM (same weights)"
     engines += [("torch twin float32", twin), ("onnxruntime cpu float32", ort), ("openvino cpu f32", ov),
-                ("transformers (own GGUF loader) float32", hf)]
+                (f"{hf_name} float32", hf)]
     for name, make in engines:
         if args.engines and not any(name.startswith(e) for e in args.engines.split(",")):
             continue
@@ -197,12 +232,15 @@ def sweep(args: argparse.Namespace) -> int:
            "splits": list(streams), "calib": f"word-level WikiText-2 train, first {n_calib} tokens (model's "
            f"tokenizer), {calib.shape[0]} windows of 512", "ratio_count": "share of FFN parameters removed "
            "(ratio_expert_params: each dense FFN = one always-on expert); ratio_all_params: of all parameters",
-           "runtime": f"onnxruntime cpu float32, {args.threads} thread(s)", "anchor": ANCHOR,
+           "runtime": ("NumPy reference float32" if args.runtime == "reference" else "onnxruntime cpu float32")
+           + f", {args.threads} thread(s)", "anchor": ANCHOR,
            "n_params": model.n_params(), "ffn_params": moe.n_expert_params()}
     out["sweep"] = sw
     done = {(r["method"], r["ratio_target"]) for r in sw["rows"]}
 
     def evaluate(m: curmoe.Model, name: str) -> dict[str, Any]:
+        if args.runtime == "reference":  # float32 NumPy: no export, cheaper than ORT on a short prefix
+            return {s: _ppl(m.forward, ids, nw, args, s) for s, (ids, nw) in streams.items()}
         path = _export(m, tmp, name)
         fn = _session_fn(path, "onnxruntime:cpu", args.threads)
         row = {s: _ppl(fn, ids, nw, args, s) for s, (ids, nw) in streams.items()}
@@ -248,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="part", required=True)
     for name in ("agree", "sweep"):
         s = sub.add_parser(name)
-        s.add_argument("--tokens", type=int, default=1024 if name == "agree" else 4096,
+        s.add_argument("--tokens", type=int, default=1024,
                        help="score the first N tokens of each split (a fixed, stated prefix)")
         s.add_argument("--context", type=int, default=512)
         s.add_argument("--stride", type=int, default=256 if name == "agree" else 512)
@@ -256,11 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--data-dir", default=None)
         s.add_argument("--out", default="docs/results/data/pretrained.json")
     sub.choices["agree"].add_argument("--engines", default=None, help="comma-separated name prefixes (default: all)")
+    sub.choices["agree"].add_argument("--hf-gguf", action="store_true",
+                                      help="transformers loads the GGUF itself (slow) instead of the same weights")
     sw = sub.choices["sweep"]
     sw.add_argument("--splits", default="valid,test")
-    sw.add_argument("--ratios", default="0.3,0.5,0.7")
+    sw.add_argument("--ratios", default="0.5,0.7,0.3")
+    sw.add_argument("--runtime", choices=["reference", "onnxruntime"], default="reference",
+                    help="what computes the sweep's logits (reference: float32 NumPy, no export)")
     sw.add_argument("--methods", default=",".join(METHODS))
-    sw.add_argument("--calib-tokens", type=int, default=8192)
+    sw.add_argument("--calib-tokens", type=int, default=2048)
     sw.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the missing ones")
     args = p.parse_args(argv)
     args.argv = argv
