@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (0: leave the library default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the rows as JSON to this path")
+    p.add_argument("--methods", default=None,
+                   help="'|'-separated row labels to run (default: all), e.g. 'seed (poster)|deim aware (rand)'")
+    p.add_argument("--neuron", default=None,
+                   help="also time neuron CUR of W as an expert's down projection (d x I), comma-separated rules "
+                        "(greedy,energy,leverage,qdeim): selection + refit of W_down on the calibration H")
     return p.parse_args(argv)
 
 
@@ -117,8 +122,9 @@ def run_shape(m: int, n: int, ratios: list[float], args: argparse.Namespace) -> 
     print(f"[{m}x{n}: data ready in {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
 
     rows = []
+    methods = METHODS if not args.methods else [m for m in METHODS if m[0] in args.methods.split("|")]
     for ratio in ratios:
-        for label, fn, kw, aware in METHODS:
+        for label, fn, kw, aware in methods:
             call = getattr(curmoe, fn)
             c0, w0 = time.process_time(), time.perf_counter()
             res = call(W, ratio=ratio, calib=stats if aware else None, seed=args.seed, errors=False, **kw)
@@ -128,11 +134,37 @@ def run_shape(m: int, n: int, ratios: list[float], args: argparse.Namespace) -> 
                        cpu_s=cpu, wall_s=wall, **evaluate(res, W, X, WX, X2, WX2))
             rows.append(row)
             print(f"  {m}x{n} ratio {ratio} {label}: {cpu:.2f} s cpu", file=sys.stderr, flush=True)
-        seed_cpu = next(r["cpu_s"] for r in rows if r["ratio"] == ratio and r["method"] == METHODS[0][0])
+        for rule in (args.neuron.split(",") if args.neuron else []):
+            rows.append(neuron_row(W, stats, ratio, rule, X, WX, X2, WX2))
+            print(f"  {m}x{n} ratio {ratio} neuron {rule}: {rows[-1]['cpu_s']:.2f} s cpu", file=sys.stderr, flush=True)
+        seed_cpu = next((r["cpu_s"] for r in rows if r["ratio"] == ratio and r["method"] == METHODS[0][0]), None)
         for r in rows:
             if r["ratio"] == ratio:
-                r["vs_seed"] = r["cpu_s"] / seed_cpu
+                r["vs_seed"] = r["cpu_s"] / seed_cpu if seed_cpu else None
     return rows
+
+
+def neuron_row(W: np.ndarray, stats, ratio: float, rule: str, X: np.ndarray, WX: np.ndarray, X2: np.ndarray,
+               WX2: np.ndarray) -> dict:
+    """Neuron CUR of W read as W_down (d, I) with H = X^T X (ungated): keep k = floor((1 - ratio) I) columns of
+    the activations and refit W_down on them; the same output errors as the CUR rows (down's output on X, X2).
+    Only W_down is compressed here (gate and up lose the same rows for free: real rows, nothing to compute)."""
+    from curmoe.decompose import refit_down, select_neurons
+
+    d, I = W.shape
+    k = int(np.floor((1.0 - ratio) * I + 1e-9))
+    c0, w0 = time.process_time(), time.perf_counter()
+    J = np.sort(select_neurons(stats.gram, W, k, rule))
+    W_new = refit_down(stats.gram, W, J).astype(W.dtype)  # (d, k)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+
+    def out(Xs: np.ndarray, WXs: np.ndarray) -> float:
+        Y = (Xs[:, J] @ W_new.T).T.astype(np.float64)  # (d, N)
+        return float(np.linalg.norm(WXs - Y) / np.linalg.norm(WXs))
+
+    return dict(shape=[d, I], ratio=ratio, method=f"neuron {rule}", rank=k, n_cols=k, achieved=1.0 - k / I,
+                cpu_s=cpu, wall_s=wall, weight_error=None, output_error=out(X, WX),
+                heldout_error=out(X2, WX2))
 
 
 def table(rows: list[dict], m: int, n: int) -> str:
@@ -142,7 +174,8 @@ def table(rows: list[dict], m: int, n: int) -> str:
     for r in rows:
         lines.append(
             f"| {r['ratio']} | {r['method']} | {r['rank']} | {r['n_cols']} | {r['achieved']:.3f} | "
-            f"{r['cpu_s']:.2f} | {r['vs_seed']:.3f} | {r['wall_s']:.2f} | {r['weight_error']:.4f} | "
+            f"{r['cpu_s']:.2f} | {'-' if r['vs_seed'] is None else format(r['vs_seed'], '.3f')} | {r['wall_s']:.2f} | "
+            f"{'-' if r['weight_error'] is None else format(r['weight_error'], '.4f')} | "
             f"{r['output_error']:.4f} | {r['heldout_error']:.4f} |"
         )
     return "\n".join(lines)
@@ -152,6 +185,8 @@ def target_line(rows: list[dict]) -> str | None:
     t = TARGET
     sel = {r["method"]: r for r in rows if tuple(r["shape"]) == t["shape"] and r["ratio"] == t["ratio"]}
     if t["method"] not in sel:
+        return None
+    if t["baseline"] not in sel or METHODS[0][0] not in sel:
         return None
     ours, base, seed = sel[t["method"]], sel[t["baseline"]], sel[METHODS[0][0]]
     speedup = seed["cpu_s"] / ours["cpu_s"]
