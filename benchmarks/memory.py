@@ -92,7 +92,7 @@ def commands(model: Path, work: Path, threads: int) -> dict[str, list[str]]:
         "eval-ort": cli + ["eval", str(work / "m.onnx"), "--max-tokens", "4096", "--context", "512"] + t,
         "eval-reference": cli + ["eval", m, "--max-tokens", "1024", "--context", "512"],
         "generate-ort": cli + ["generate", str(work / "m.onnx"), "--prompt", "the history of", "--max-new-tokens",
-                               "16"] + t,
+                               "16"],
         "generate-reference": cli + ["generate", m, "--prompt", "the history of", "--max-new-tokens", "8"],
         "bench": cli + ["bench", "--model", m, "--steps", "16", "--repeats", "2", "--skip-numpy"] + t,
     }

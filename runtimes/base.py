@@ -38,10 +38,15 @@ class SessionOptions:
         threads: intra-op threads (None = the runtime's default, usually one per physical core).
         optimization: graph optimisation level, one of :data:`OPTIMIZATION_LEVELS` ("disable" runs the graph as
             written; "all" is the runtime's default and fastest).
+        low_memory: keep one copy of the weights where the runtime would make a second for speed (ONNX Runtime
+            CPU pre-packs every MatMul weight into its GEMM kernel's layout: 1.6x the weights resident and a slower
+            load; without it prefill is about 1.4x slower here). ``curmoe.runtimes.validate`` turns it on for
+            large models; adapters without such a copy ignore it.
     """
 
     threads: int | None = None
     optimization: str = "all"
+    low_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None:

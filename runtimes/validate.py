@@ -222,6 +222,8 @@ def validate(
     path = Path(onnx_path)
     if not isinstance(model, Model):
         raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
+    # a large model is held three times otherwise (checkpoint, runtime weights, pre-packed runtime weights)
+    session_options.setdefault("low_memory", model.is_large())
     if not path.is_file():
         raise InvalidInputError(f"model file {str(path)!r} does not exist; export one with curmoe.exporters.export")
     if path.suffix == ".xml":  # OpenVINO IR: curmoe metadata in its rt_info, routing outputs added at export
@@ -387,5 +389,5 @@ def _run_cases(sess: Session, model: Model, cases: _Cases, *, runtime: str, path
         routing_pairs=tally.pairs, hard_flips=tally.hard, near_tie_flips=tuple(tally.near),
         router_max_rel_err=router_rel, ppl_ref=ppl_ref, ppl_runtime=ppl_rt, ppl_rel_diff=ppl_rel,
         passed=not failures, failures=tuple(failures), tolerance=tol.to_dict(), cases=tuple(tally.cases),
-        info=sess.info().to_dict(),
+        info=sess.info().to_dict() | {"low_memory": sess.options.low_memory if hasattr(sess, "options") else None},
     )

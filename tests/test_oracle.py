@@ -58,6 +58,22 @@ def test_lazy_oracle_of_a_large_model_is_chosen_by_size(monkeypatch: pytest.Monk
 
     m = baby_model(dtype=np.float32)
     monkeypatch.setattr(mod, "LAZY_ORACLE_BYTES", 8 * m.n_params())
-    assert isinstance(m.oracle().tensors, dict)
+    assert isinstance(m.oracle().tensors, dict) and not m.is_large()
     monkeypatch.setattr(mod, "LAZY_ORACLE_BYTES", 8 * m.n_params() - 1)
-    assert not isinstance(m.oracle().tensors, dict)
+    assert not isinstance(m.oracle().tensors, dict) and m.is_large()
+
+
+def test_validate_of_a_large_model_is_lazy_and_low_memory(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Treated as large, a model validates the same way: the lazy oracle, ORT without pre-packed weights."""
+    import curmoe.reference._model as mod
+    from curmoe.exporters import OnnxExportConfig, export
+    from curmoe.runtimes import validate
+
+    m = baby_model(dtype=np.float32, **VARIANTS["olmoe"])
+    p = export(m, OnnxExportConfig(), tmp_path / "m.onnx")
+    small = validate(p, m, "onnxruntime:cpu")
+    monkeypatch.setattr(mod, "LAZY_ORACLE_BYTES", 0)
+    large = validate(p, m, "onnxruntime:cpu")
+    assert small.passed and large.passed
+    assert small.info["low_memory"] is False and large.info["low_memory"] is True
+    assert abs(large.max_rel_err - small.max_rel_err) < 1e-5 and large.ppl_ref == small.ppl_ref

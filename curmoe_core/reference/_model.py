@@ -98,6 +98,11 @@ class Model:
             return np.dtype(np.float64)
         return self.tensors["embed.weight"].dtype
 
+    def is_large(self) -> bool:
+        """More than ``LAZY_ORACLE_BYTES`` of weights in float64: the size above which the oracle upcasts layer by
+        layer and validation asks runtimes not to keep second copies of the weights."""
+        return 8 * self.n_params() > LAZY_ORACLE_BYTES
+
     def oracle(self, *, lazy: bool | None = None) -> Model:
         """This model computing in float64: the oracle runtimes are validated against.
 
@@ -109,7 +114,7 @@ class Model:
         if self.dtype == np.float64:
             return self
         if lazy is None:
-            lazy = 8 * self.n_params() > LAZY_ORACLE_BYTES
+            lazy = self.is_large()
         if not lazy:
             return self.astype(np.float64)
         return Model(self.config, Float64Tensors(self.tensors), Float64Experts(self.experts),  # type: ignore[arg-type]

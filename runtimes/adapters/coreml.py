@@ -160,7 +160,7 @@ class CoreMLSession(_PackageSession):
 
 
 def load(path: str | os.PathLike[str], target: str, *, compute_units: str | None = None, threads: int | None = None,
-         optimization: str = "all", name: str | None = None) -> Session:
+         optimization: str = "all", name: str | None = None, low_memory: bool = False) -> Session:
     """Open a curmoe ``.mlpackage``.
 
     Args:

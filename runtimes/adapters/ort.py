@@ -103,6 +103,8 @@ class OrtSession(SpecSession):
         so.graph_optimization_level = _LEVELS[options.optimization]
         if options.threads is not None:
             so.intra_op_num_threads = options.threads
+        if options.low_memory:  # no pre-packed second copy of each MatMul weight
+            so.add_session_config_entry("session.disable_prepacking", "1")
         so.log_severity_level = 3  # errors only: ORT warns on every benign fallback otherwise
         providers: list[Any] = [(ep, provider_options or {})]
         if target == "tensorrt" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -145,7 +147,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def load(path: str | os.PathLike[str], target: str, *, threads: int | None = None, optimization: str = "all",
-         provider_options: dict[str, Any] | None = None, name: str | None = None) -> OrtSession:
+         provider_options: dict[str, Any] | None = None, name: str | None = None,
+         low_memory: bool = False) -> OrtSession:
     """Open an ONNX file on an ONNX Runtime execution provider.
 
     Args:
@@ -155,9 +158,10 @@ def load(path: str | os.PathLike[str], target: str, *, threads: int | None = Non
         optimization: "disable" | "basic" | "extended" | "all" (ORT's graph optimisation levels).
         provider_options: passed to the execution provider (e.g. ``{"device_id": 1}`` for CUDA).
         name: the registry name, recorded in :meth:`OrtSession.info`.
+        low_memory: skip weight pre-packing (one copy of the weights; see :class:`SessionOptions`).
     """
     _provider(target)
     if provider_options is not None and not isinstance(provider_options, dict):
         raise InvalidInputError(f"provider_options must be a dict, got {type(provider_options).__name__}")
-    return OrtSession(Path(path), target, SessionOptions(threads, optimization), provider_options,
+    return OrtSession(Path(path), target, SessionOptions(threads, optimization, bool(low_memory)), provider_options,
                       name or f"onnxruntime:{target}")

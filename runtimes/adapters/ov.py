@@ -198,6 +198,7 @@ class OpenVINOSession(SpecSession):
         config.update(properties or {})
         self._config = config
         self._compiled = core().compile_model(model, self.device, config)
+        del model  # the compiled model holds what it needs; the read model's constants go now, not with the session
         self._req = self._compiled.create_infer_request()
         self._inputs = [IOSpec(_name(i), tuple(d.get_length() if d.is_static else None for d in i.get_partial_shape()),
                                _dtype(i.get_element_type())) for i in self._compiled.inputs]
@@ -250,7 +251,7 @@ class OpenVINOSession(SpecSession):
 def load(path: str | os.PathLike[str], target: str, *, device: str | None = None, precision: str = "f32",
          threads: int | None = None, optimization: str = "all", performance_hint: str | None = None,
          properties: dict[str, Any] | None = None, extra_outputs: list[str] | None = None,
-         name: str | None = None) -> OpenVINOSession:
+         name: str | None = None, low_memory: bool = False) -> OpenVINOSession:
     """Compile an ONNX file or OpenVINO IR (.xml) for an OpenVINO device.
 
     Args:
@@ -270,7 +271,7 @@ def load(path: str | os.PathLike[str], target: str, *, device: str | None = None
         curmoe.runtimes.RuntimeNotAvailableError: the device is not present (the message lists those that are).
     """
     fam = _family(target)
-    opts = SessionOptions(threads, optimization)
+    opts = SessionOptions(threads, optimization, bool(low_memory))  # accepted; nothing to skip (see docs/memory.md)
     if optimization != "all":
         raise InvalidInputError(f"optimization={optimization!r}: OpenVINO has no graph optimisation levels; leave "
                                 "optimization='all'")
