@@ -234,16 +234,19 @@ def sweep(args: argparse.Namespace) -> int:
            "(ratio_expert_params: each dense FFN = one always-on expert); ratio_all_params: of all parameters",
            "runtime": ("NumPy reference float32" if args.runtime == "reference" else "onnxruntime cpu float32")
            + f", {args.threads} thread(s)", "anchor": ANCHOR,
-           "n_params": model.n_params(), "ffn_params": moe.n_expert_params()}
+           "n_params": model.n_params(), "ffn_params": moe.n_expert_params(),
+           "test_scope": "best method per ratio (chosen on valid) and dense" if args.test_best else "every row"}
     out["sweep"] = sw
     done = {(r["method"], r["ratio_target"]) for r in sw["rows"]}
 
-    def evaluate(m: curmoe.Model, name: str) -> dict[str, Any]:
+    def evaluate(m: curmoe.Model, name: str, which: dict[str, tuple[np.ndarray, int]] | None = None
+                 ) -> dict[str, Any]:
+        which = streams if which is None else which
         if args.runtime == "reference":  # float32 NumPy: no export, cheaper than ORT on a short prefix
-            return {s: _ppl(m.forward, ids, nw, args, s) for s, (ids, nw) in streams.items()}
+            return {s: _ppl(m.forward, ids, nw, args, s) for s, (ids, nw) in which.items()}
         path = _export(m, tmp, name)
         fn = _session_fn(path, "onnxruntime:cpu", args.threads)
-        row = {s: _ppl(fn, ids, nw, args, s) for s, (ids, nw) in streams.items()}
+        row = {s: _ppl(fn, ids, nw, args, s) for s, (ids, nw) in which.items()}
         path.unlink(missing_ok=True)
         Path(str(path) + ".data").unlink(missing_ok=True)
         return row
@@ -251,7 +254,7 @@ def sweep(args: argparse.Namespace) -> int:
     def save(row: dict[str, Any]) -> None:
         sw["rows"].append(row)
         write_results(args.out, out)
-        ppl = ", ".join(f"{s} {row[s]['ppl_token']:.3f}" for s in streams)
+        ppl = ", ".join(f"{s} {row[s]['ppl_token']:.3f}" for s in streams if s in row)
         print(f"{row['method']} @ {row['ratio_target']}: {ppl} ({row.get('compress_s', 0)} s)", flush=True)
 
     if "calibration_s" not in sw:  # once, before any method: every method then reads it from the cache
@@ -264,7 +267,10 @@ def sweep(args: argparse.Namespace) -> int:
     if ("dense", 0.0) not in done:
         save({"method": "dense", "ratio_target": 0.0, "ratio_expert_params": 0.0, "ratio_all_params": 0.0,
               "mean_output_error": 0.0, "compress_s": 0.0} | evaluate(model, "dense"))
+    test_split = "test" in streams and args.test_best
+    sweep_streams = {k: v for k, v in streams.items() if not (test_split and k == "test")}
     for ratio in (float(x) for x in args.ratios.split(",")):
+        best: tuple[float, dict[str, Any], curmoe.Model] | None = None
         for name in args.methods.split(","):
             if (name, ratio) in done:
                 continue
@@ -276,8 +282,18 @@ def sweep(args: argparse.Namespace) -> int:
             cal = rec.get("calibration_cache") or {}
             row = {"method": name, "ratio_target": ratio, "ratio_expert_params": rec["ratio_expert_params"],
                    "ratio_all_params": rec["ratio_all_params"], "mean_output_error": float(np.mean(oe)),
-                   "compress_s": round(dt, 1), "calibration": rec["calibration"], "calib_cache": cal}
-            save(row | evaluate(small, f"{name}-{ratio}".replace(" ", "_")))
+                   "compress_s": round(dt, 1), "calibration": rec["calibration"],
+                   "calib_cache": cal.get("status") if isinstance(cal, dict) else cal}
+            row |= evaluate(small, f"{name}-{ratio}".replace(" ", "_"), sweep_streams)
+            save(row)
+            if test_split and (best is None or row["valid"]["ppl_token"] < best[0]):
+                best = (row["valid"]["ppl_token"], row, small)
+            del small
+        if best is not None:  # the test split for the best method of this ratio (chosen on valid)
+            best[1]["test"] = evaluate(best[2], "best", {"test": streams["test"]})["test"]
+            best[1]["best_on_valid"] = True
+            write_results(args.out, out)
+            print(f"  test for {best[1]['method']} @ {ratio}: {best[1]['test']['ppl_token']:.3f}", flush=True)
     return 0
 
 
@@ -303,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="what computes the sweep's logits (reference: float32 NumPy, no export)")
     sw.add_argument("--methods", default=",".join(METHODS))
     sw.add_argument("--calib-tokens", type=int, default=2048)
+    sw.add_argument("--test-best", action="store_true",
+                    help="score test only for the best method of each ratio (chosen on valid); dense always")
     sw.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the missing ones")
     args = p.parse_args(argv)
     args.argv = argv

@@ -95,13 +95,15 @@ def _sweep(s: dict[str, Any] | None) -> list[str]:
                      + [_f(last.get("ppl_word")), _f(mult) + "x" if mult else "-", _f(r["mean_output_error"], 3),
                         _f(r.get("compress_s"), 1)])
     findings = []
+    # compare on the last split every row has (test when every row was scored on it, else valid)
+    on = next((sp for sp in reversed(splits) if all(sp in r for r in rows)), splits[0])
     for ratio in sorted({r["ratio_target"] for r in rows if r["method"] != "dense"}):
-        c, v = _best(rows, ratio, CUR, splits[-1]), _best(rows, ratio, SVD, splits[-1])
+        c, v = _best(rows, ratio, CUR, on), _best(rows, ratio, SVD, on)
         if c and v:
-            cp, vp = c[splits[-1]]["ppl_token"], v[splits[-1]]["ppl_token"]
+            cp, vp = c[on]["ppl_token"], v[on]["ppl_token"]
             who = "CUR" if cp < vp else "SVD"
             findings.append(f"- {ratio:.0%} of FFN parameters removed: best CUR ({c['method']}) {_f(cp)} vs best "
-                            f"SVD ({v['method']}) {_f(vp)} on {splits[-1]}: **{who} is better** "
+                            f"SVD ({v['method']}) {_f(vp)} on {on}: **{who} is better** "
                             f"({max(cp, vp) / min(cp, vp):.2f}x).")
     legend = [f"- `{m}`: {n}" for m, n in METHOD_NOTES.items() if any(r["method"] == m for r in rows)]
     return [
@@ -116,7 +118,7 @@ def _sweep(s: dict[str, Any] | None) -> list[str]:
         "",
         *legend,
         "",
-        "What it says (test split, best of each family per ratio):",
+        f"Test scored for: {s.get('test_scope', 'every row')}. What it says (best of each family per ratio):",
         "",
         *findings,
         "",
