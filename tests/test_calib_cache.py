@@ -163,3 +163,20 @@ def test_cli_reuses_the_cache_across_methods_and_ratios(model_dir, tmp_path):
     assert stored["status"] == "hit"
     key = json.loads((tmp_path / "cache" / f"{a['calibration_cache']['digest']}.json").read_text())["key"]
     assert key["source"] == str(text) and key["n_tokens"] == a["calib_tokens"]
+
+
+def test_calibration_ids_encode_only_the_prefix_they_need(model_dir, tmp_path):
+    pytest.importorskip("tokenizers")
+    from curmoe.app.calibdata import calibration_ids, text_token_stream
+    from tests.babies import TEXT
+
+    text = tmp_path / "long.txt"
+    text.write_text("\n".join(TEXT * 30))  # 2400 lines: several chunks
+    model = curmoe.load(model_dir)
+    full = text_token_stream(str(text), model)
+    for k in (1, 700, full.size - 1, full.size, 10 * full.size):
+        part = text_token_stream(str(text), model, max_tokens=k)
+        assert part.size >= min(k, full.size)
+        np.testing.assert_array_equal(part, full[: part.size])
+    ids = calibration_ids(str(text), model, n_tokens=1000, seq_len=64)
+    np.testing.assert_array_equal(ids, full[: 1000 // 64 * 64].reshape(-1, 64))

@@ -672,34 +672,9 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "the main job: decompositions side by side, then the shipped model compressed and evaluated")
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from curmoe.app.demo import run_cli
 
-    from curmoe.app.demo import (
-        decomposition_demo,
-        format_model_demo,
-        model_demo,
-        shipped_model_dir,
-    )
-
-    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
-    out: dict[str, Any] = {}
-    if not args.skip_decompositions:
-        m, n = (int(v) for v in args.shape.lower().split("x"))
-        say(f"[1] decompositions of one {m}x{n} weight (power-law spectrum + noise; 4096 anisotropic activations)")
-        out["decompositions"] = decomposition_demo(m, n, say=say)
-        say(out["decompositions"]["table"])
-        say("times are wall-clock on this machine, measured in one run; speed-up is relative to the poster's "
-            "'seed' CUR at the same ratio. Errors: ||W - W'||_F / ||W||_F and ||(W - W') X^T||_F / ||W X^T||_F.")
-    model_dir = Path(args.model) if args.model else shipped_model_dir()
-    if (model_dir / "config.json").is_file():
-        say(f"[2] {model_dir}: compress -> export ONNX -> validate on every runtime -> perplexity -> generate")
-        out["model"] = model_demo(model_dir, data_dir=args.data_dir, max_eval_tokens=args.max_eval_tokens, say=say)
-        say(format_model_demo(out["model"]))
-    else:
-        say(f"[2] skipped: no model at {model_dir}")
-    if args.json:
-        print(json.dumps(out, default=str))
-    return 0
+    return run_cli(args)
 
 
 _demo.configure = _configure_demo  # type: ignore[attr-defined]
