@@ -118,3 +118,15 @@ def test_pretrained_page_formats_both_blocks_and_says_who_wins():
     assert "**CUR is better** (1.94x)" in page and "70% of FFN parameters removed" in page
     assert "**SVD is better**" in page and "non-overlapping windows" in page and "`abc1234`" in page
     assert "No compression sweep yet" in pretrained_page({"agreement": None})
+
+
+def test_convert_command_takes_a_pretrained_name(monkeypatch, tmp_path, capsys):
+    import curmoe.models.pretrained as P
+    from curmoe.app.cli import main
+
+    calls = []
+    monkeypatch.setattr(P, "pretrained_dir", lambda name, out=None, force=False: calls.append((name, out)) or out)
+    assert main(["convert", "SmolLM2-135M", "-o", str(tmp_path / "m")]) == 0
+    assert calls == [("smollm2-135m", str(tmp_path / "m"))]
+    assert main(["convert", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "m2")]) == 2  # the usual path
+    assert "is not a local directory or .gguf file" in capsys.readouterr().err

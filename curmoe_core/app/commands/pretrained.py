@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from curmoe.app.cli import _check_model_output, _emit, command
+from curmoe.app.cli import _COMMANDS, _check_model_output, _emit, command
 
 __all__: list[str] = []
 
@@ -69,3 +69,28 @@ def _pretrained(args: argparse.Namespace) -> int:
 
 
 _pretrained.configure = _configure  # type: ignore[attr-defined]
+
+
+# `curmoe convert smollm2-135m -o DIR`: the convert command also takes a pretrained model's name. It wraps whatever
+# handler cli.py registered for "convert" (looked up here, so cli.py needs no change) and hands it every other source.
+if "convert" in _COMMANDS:
+    _base_convert, _base_help = _COMMANDS["convert"]
+
+    @command("convert", _base_help)
+    def _convert_or_pretrained(args: argparse.Namespace) -> int:
+        from curmoe.models.pretrained import PRETRAINED, pretrained_dir
+
+        if str(args.hf_model_dir).lower() not in PRETRAINED:
+            return int(_base_convert(args))
+        _check_model_output(args.output, args.force)
+        print(f"saved {pretrained_dir(args.hf_model_dir.lower(), out=args.output, force=True)}")
+        return 0
+
+    def _configure_convert(p: argparse.ArgumentParser) -> None:
+        _base_convert.configure(p)
+        for action in p._actions:  # say in --help that a pretrained name (and a .gguf file) is accepted
+            if action.dest == "hf_model_dir":
+                action.help = (f"{action.help}; or a dense Llama/Mistral/Qwen2/Qwen3 .gguf file; or a pretrained "
+                               "model name (smollm2-135m)")
+
+    _convert_or_pretrained.configure = _configure_convert  # type: ignore[attr-defined]
