@@ -121,6 +121,21 @@ def test_compressed_models_stay_factorised_and_match(tmp_path, method, variant):
                   f"{method}/{variant}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_lower_precision_folders_within_the_runtime_tolerances(tmp_path, dtype):
+    """--dtype float32 / float16: the folder holds (and HF computes in) that dtype, within curmoe's validation
+    tolerance for it against the float64 reference (routing agrees on these inputs: well-separated babies)."""
+    from curmoe.runtimes import tolerance_for
+
+    model = compressed(baby_model(**VARIANTS["qwen2_moe"]), "cur")
+    export_hf(model, tmp_path / "hf", dtype=dtype)
+    hf = _load(tmp_path / "hf")
+    assert next(hf.parameters()).dtype == getattr(torch, dtype)
+    ids, mask = _padded(model)
+    _assert_close(_hf_logits(hf, ids, mask), model.forward(ids, attention_mask=mask), mask,
+                  tolerance_for(dtype).max_rel_err, dtype)
+
+
 def _reference_session(model: curmoe.Model, folder: Path):
     import curmoe.runtimes
 
