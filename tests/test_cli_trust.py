@@ -263,3 +263,26 @@ def test_bad_compress_options_fail_before_calibration(model_dir, tmp_path):
     assert time.perf_counter() - t0 < 60  # no calibration ran (10M tokens would take far longer)
     r = curmoe_cli("compress", "--help")
     assert r.returncode == 0 and all(m in r.stdout for m in ("cur-neuron", "svd-llm", "svd:", "cur:"))
+
+
+# item 8 (cache) and the inspect command: refusals in one line, nothing written ------------------------------
+def test_inspect_refuses_a_dense_model_and_an_unknown_expert_in_one_line(model_dir, tmp_path):
+    refused(model_dir.parent, "inspect", model_dir, needles=("not compressed",))
+    import curmoe
+
+    small = curmoe.compress(curmoe.load(model_dir), curmoe.SVDConfig(ratio=0.5), progress=False)
+    d = small.save(tmp_path / "svd")
+    refused(tmp_path, "inspect", d, "--expert", "7.7", needles=("'7.7' is not an expert", "LAYER.EXPERT"))
+
+
+def test_an_unwritable_calibration_cache_does_not_fail_compress(model_dir, tmp_path):
+    import curmoe
+    from tests.babies import random_ids
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder would go")
+    model = curmoe.load(model_dir)
+    out = curmoe.compress(model, curmoe.NeuronConfig(ratio=0.5, min_tokens=1), calib_ids=random_ids(model, 2, 16),
+                          progress=False, calib_cache=blocker)
+    assert out.config.compression["calibration_cache"]["status"] == "not stored"
+    assert blocker.read_text().startswith("a file")
