@@ -5,14 +5,17 @@ present.{l}.key/value; positions are derived from the attention mask inside the 
 position_ids input, which both stacks treat as optional). This pass renames the cache inputs ``past.{l}.*`` to
 ``past_key_values.{l}.*`` and, when the exported tokenizer has pieces beyond the model's vocabulary (see
 :mod:`._tokenizer`), maps every input id >= vocab_size to ``<unk>`` in front of the graph. The result passes
-``onnx.checker`` (full check) like every curmoe export.
+``onnx.checker`` (full check) like every curmoe export. Weights above 256 MB go to ``model.onnx.data`` (unless
+``OnnxExportConfig.external_data`` says otherwise) and the rename then never loads them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -21,15 +24,20 @@ from curmoe.exporters.genai._config import PAST
 from curmoe.exporters.onnx import OnnxExportConfig, export_onnx
 from curmoe.reference import Model
 
-__all__ = ["write_genai_onnx"]
+__all__ = ["write_genai_onnx", "remove_onnx", "EXTERNAL_BYTES"]
+
+#: Weights above this size go to ``model.onnx.data`` unless the config says otherwise.
+EXTERNAL_BYTES = 256 << 20
 
 
 def write_genai_onnx(model: Model, config: OnnxExportConfig, path: Path, unk_id: int | None) -> Path:
     """Export ``model`` to ``path`` (``.onnx``) with GenAI names; ids >= vocab_size become ``unk_id`` when given."""
+    if config.external_data is None and model.n_params() * np.dtype(config.dtype).itemsize > EXTERNAL_BYTES:
+        # weights in model.onnx.data (as ONNX Runtime GenAI's own model builder writes them), so that the rename
+        # below loads the graph only, not a second copy of the weights
+        config = dataclasses.replace(config, external_data=True)
     path = export_onnx(model, config, path)
-    data = path.with_name(path.name + ".data")
-    external = data.exists()
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)  # external initializers stay references to .data
     cfg = model.config
     rename = {f"past.{l}.{kv}": PAST.format(l=l, kv=kv) for l in range(cfg.n_layers) for kv in ("key", "value")}
     for vi in proto.graph.input:
@@ -58,12 +66,7 @@ def write_genai_onnx(model: Model, config: OnnxExportConfig, path: Path, unk_id:
     helper.set_model_props(proto, {p.key: p.value for p in proto.metadata_props}
                            | {"curmoe.genai": "past_key_values.{l}.key/value; ids >= vocab_size -> unk"
                               if unk_id is not None else "past_key_values.{l}.key/value"})
-    if external:
-        data.unlink()
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(path))
+    onnx.save_model(proto, str(path))
     del proto
     try:
         onnx.checker.check_model(str(path), full_check=True)

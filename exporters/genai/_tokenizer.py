@@ -152,7 +152,10 @@ class TokenizerFiles:
     def write(self, folder: Path, config: dict[str, Any]) -> list[str]:
         """tokenizer.json + tokenizer_config.json into ``folder``; returns the names written."""
         (folder / "tokenizer.json").write_text(json.dumps(self.json, ensure_ascii=False), encoding="utf-8")
-        config = {k: v for k, v in self.source_config.items() if k not in ("added_tokens_decoder", "auto_map")} | config
+        # the source's special tokens, chat template and length win; encoding options are curmoe's (no bos/eos
+        # added, as ``curmoe generate``)
+        keep = ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "model_max_length")
+        config = config | {k: v for k, v in self.source_config.items() if k in keep and v is not None}
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False),
                                                       encoding="utf-8")
         return ["tokenizer.json", "tokenizer_config.json"]
