@@ -101,5 +101,5 @@ def test_decomposition_demo_prints_each_ratio_table_when_ready():
     seen: list[str] = []
     out = decomposition_demo(24, 40, ratios=(0.5, 0.7), n_tokens=64, say=seen.append,
                              on_table=lambda t: tables.append((t, len(seen))))
-    assert len(tables) == 2 and tables[0][1] == 9  # the 0.5 table came right after the 0.5 methods ran
+    assert len(tables) == 2 and tables[0][1] == 1 + 9  # the 0.5 table came right after the 0.5 methods ran
     assert "\n".join(t for t, _ in tables) == out["table"]  # one header, then both ratios' rows

@@ -35,6 +35,7 @@ def decomposition_demo(m: int = 1024, n: int = 2816, ratios: tuple[float, ...] =
                        on_table: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every decomposition method on one synthetic (m, n) weight with anisotropic activations; ``say`` gets a line
     before each method, ``on_table`` the table of each ratio as soon as its methods have run."""
+    say(f"building the synthetic {m}x{n} weight and {n_tokens} activations")
     W = synthetic_weight(m, n)
     X = synthetic_activations(n_tokens, n)
     rows = []
