@@ -14,7 +14,8 @@ real server (a subprocess) and drives it with asyncio HTTP clients in this proce
   prefill and HTTP included) is divided by the best bench decode tokens/s.
 - burst: a second server with ``--max-batch 16 --max-queue 16``; 64 requests at once: counted by status (200, 429,
   503, other), unanswered ones (connection errors) counted as lost; the server's RSS (/proc) after a warm-up
-  request (baseline), at the burst's end and 2 s after it went idle.
+  request (baseline), at the burst's end, 2 s after it went idle, and 2 s after a second identical burst (memory
+  the allocator kept from the first burst is reused by the second; a leak would grow again).
 
 Targets (ratios of one run): 16 clients >= 4x one client; one client >= 0.8x bench decode; burst: no status but
 200/429/503, nothing lost, RSS back within 5% (+4 MiB) of the baseline.
@@ -108,7 +109,12 @@ async def _level(url: str, clients: int, n_requests: int, prompt: list[int], max
         while left[0] > 0:
             left[0] -= 1
             t0 = time.perf_counter()
-            r = await c.post(url + "/v1/completions", json=_body(prompt, max_tokens))
+            try:
+                r = await c.post(url + "/v1/completions", json=_body(prompt, max_tokens))
+            except httpx.HTTPError as e:  # no answer: counted, never hidden
+                key = f"lost ({type(e).__name__})"
+                statuses[key] = statuses.get(key, 0) + 1
+                continue
             lat.append(time.perf_counter() - t0)
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             if r.status_code == 200:
@@ -119,10 +125,11 @@ async def _level(url: str, clients: int, n_requests: int, prompt: list[int], max
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for _ in range(clients)))
         wall = time.perf_counter() - t0
-    ms = np.asarray(lat) * 1e3
+    ms = np.asarray(lat or [float("nan")]) * 1e3
     return {"concurrency": clients, "requests": n_requests, "completion_tokens": toks, "wall_s": wall,
-            "tok_s": toks / wall, "best_tok_s": max_tokens / (min(lat) if lat else float("inf")), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+            "tok_s": toks / wall, "best_tok_s": max_tokens / (min(lat) if lat else float("inf")),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0]))}}
 
 
 async def _burst(url: str, n: int, prompt: list[int], max_tokens: int) -> dict:
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load0 = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-serve-bench-"))
-    env = dict(os.environ, CURMOE_CACHE_DIR=str(tmp / "cache"))
+    env = dict(os.environ, CURMOE_CACHE_DIR=str(tmp / "cache"), PYTHONFAULTHANDLER="1")
     os.environ["CURMOE_CACHE_DIR"] = env["CURMOE_CACHE_DIR"]
     dense = curmoe.load(args.model)
     t0 = time.perf_counter()
@@ -203,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
                 res = {}
                 for c in levels:
                     r = asyncio.run(_level(srv.url, c, max(16, 2 * c), prompt, args.max_tokens))
+                    r["server_exit"] = srv.proc.poll()  # None: still running
                     res[c] = r
                     rows.append({"model": key, "runtime": runtime} | r)
+                    if r["server_exit"] is not None:
+                        print(f"  {label}: the server exited with {r['server_exit']} at c={c}; see {srv.log}",
+                              file=sys.stderr)
+                        srv = Server(d, runtime, args.threads, "--max-batch", "64", "--max-queue", "256", env=env,
+                                     log=tmp / f"{key}-{runtime}-restarted.log")
                     print(f"  {label} c={c}: {r['tok_s']:.0f} tok/s, p50 {r['p50_ms']:.0f} ms, p99 "
                           f"{r['p99_ms']:.0f} ms {r['statuses']}", file=sys.stderr)
                 # overhead: single-client requests and the bench decode loop alternate (the load on this shared
@@ -227,21 +240,29 @@ def main(argv: list[str] | None = None) -> int:
                 h = srv.health()
                 time.sleep(2)
                 after = _rss_mib(srv.proc.pid)
+                # a second burst: RSS that the allocator kept from the first one is reused, a leak would grow
+                counts2 = asyncio.run(_burst(srv.url, args.burst, prompt, args.max_tokens))
+                h2 = srv.health()
+                time.sleep(2)
+                after2 = _rss_mib(srv.proc.pid)
             finally:
                 srv.stop()
             bad = {k: v for k, v in counts.items() if k not in ("200", "429", "503")}
+            bad |= {f"second burst {k}": v for k, v in counts2.items() if k not in ("200", "429", "503")}
             t = {"model": key, "runtime": runtime,
                  "scaling_16_vs_1": res[16]["tok_s"] / res[1]["tok_s"] if 16 in res and 1 in res else None,
                  "single_tok_s": single, "bench_decode_tok_s": bench, "overhead_ratio": single / bench,
                  "burst": {"requests": args.burst, "statuses": counts, "unexpected": bad,
-                           "idle_after": h["active_sequences"] == 0 and h["queue_depth"] == 0,
-                           "rss_baseline_mib": base, "rss_peak_mib": peak, "rss_after_mib": after}}
+                           "second_burst_statuses": counts2,
+                           "idle_after": all(x["active_sequences"] == 0 and x["queue_depth"] == 0 for x in (h, h2)),
+                           "rss_baseline_mib": base, "rss_peak_mib": peak, "rss_after_mib": after,
+                           "rss_after_second_mib": after2}}
             t["met"] = {"scaling_4x": (t["scaling_16_vs_1"] or 0) >= 4, "overhead_0.8x": (t["overhead_ratio"] or 0) >= 0.8,
                         "burst_ok": not bad and t["burst"]["idle_after"] and after <= base * 1.05 + 4}
             targets.append(t)
             print(f"  {label}: 16 vs 1 = {t['scaling_16_vs_1']:.2f}x, single / bench decode = "
                   f"{t['overhead_ratio']:.2f} ({bench:.0f} tok/s), burst {counts}, RSS {base:.0f} -> {peak:.0f} -> "
-                  f"{after:.0f} MiB", file=sys.stderr)
+                  f"{after:.0f} MiB, after a second burst {after2:.0f} MiB", file=sys.stderr)
     out = {"model": args.model, "threads": args.threads, "max_tokens": args.max_tokens,
            "prompt_tokens": args.prompt_tokens, "load_avg_start": load0, "load_avg_end": os.getloadavg(),
            "machine_note": "shared 2-core machine; the HTTP clients run on the same cores as the server",

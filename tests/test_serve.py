@@ -466,3 +466,25 @@ def test_kv_batch_matches_alone(servers):
         ref = generate(sess, np.asarray(p), n, eos_token_id=1)[len(p):].tolist()
         assert [e.id for e in got[i] if isinstance(e, Token)] == ref
     assert eng.active == 0 and eng.queue_depth == 0
+
+
+def test_serve_page_states_targets(tmp_path):
+    from curmoe.app.report_serve import serve_figure, serve_page, serve_targets
+
+    row = lambda c, v: {"model": "dense", "runtime": "onnxruntime:cpu", "concurrency": c, "requests": 16,  # noqa: E731
+                        "tok_s": v, "p50_ms": 10.0, "p99_ms": 20.0, "statuses": {"200": 16}}
+    burst = {"requests": 64, "statuses": {"200": 32, "429": 32}, "unexpected": {}, "idle_after": True,
+             "rss_baseline_mib": 100.0, "rss_peak_mib": 120.0, "rss_after_mib": 104.0}
+    t = {"model": "dense", "runtime": "onnxruntime:cpu", "scaling_16_vs_1": 3.9, "single_tok_s": 90.0,
+         "bench_decode_tok_s": 100.0, "overhead_ratio": 0.9, "burst": burst}
+    data = {"rows": [row(1, 100.0), row(16, 390.0)], "targets": [t], "model": "models/wt2-moe-8x", "threads": 1,
+            "load_avg_start": [9.0, 8.0, 7.0], "load_avg_end": [9.5, 8.5, 7.5]}
+    met = {x["target"].split(" ")[0]: x["met"] for x in serve_targets(data)}
+    assert met == {"16": False, "one": True, "64-client": True}
+    t["burst"] = burst | {"rss_after_mib": 110.0}  # 10% above the baseline
+    assert not serve_targets(data)[2]["met"]
+    page = serve_page(data)
+    assert "| 16 clients >= 4x one client (output tok/s) | dense onnxruntime:cpu | 3.90x | **missed** |" in page
+    assert "Load average (1/5/15 min) 9.0/8.0/7.0" in page
+    pytest.importorskip("matplotlib")
+    assert serve_figure(data, tmp_path / "serve.png").stat().st_size > 1000
