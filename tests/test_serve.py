@@ -488,3 +488,46 @@ def test_serve_page_states_targets(tmp_path):
     assert "Load average (1/5/15 min) 9.0/8.0/7.0" in page
     pytest.importorskip("matplotlib")
     assert serve_figure(data, tmp_path / "serve.png").stat().st_size > 1000
+
+
+class _SlowSession:
+    """A stand-in runtime: one layer of KV cache, constant logits (token 5 wins), each run sleeps ``delay`` s."""
+
+    def __init__(self, delay: float) -> None:
+        from curmoe.runtimes import IOSpec
+
+        self.delay = delay
+        self.inputs = [IOSpec("input_ids", ("B", "T"), np.dtype(np.int64)),
+                       IOSpec("attention_mask", ("B", "S"), np.dtype(np.int64)),
+                       IOSpec("past.0.key", ("B", 1, "P", 2), np.dtype(np.float32)),
+                       IOSpec("past.0.value", ("B", 1, "P", 2), np.dtype(np.float32))]
+
+    def run(self, feeds, outputs=None):
+        time.sleep(self.delay)
+        B, S = feeds["attention_mask"].shape
+        logits = np.zeros((B, feeds["input_ids"].shape[1], 8), np.float32)
+        logits[..., 5] = 1.0
+        kv = np.zeros((B, 1, S, 2), np.float32)
+        return {"logits": logits, "present.0.key": kv, "present.0.value": kv}
+
+
+def test_engine_timeouts_and_queue_limit():
+    from curmoe.runtimes.serve import Done, Engine, EngineBusyError, EngineConfig, Failed, GenRequest
+
+    eng = Engine(_SlowSession(0.01), EngineConfig(max_batch=1, max_queue=1, queue_timeout=0.1,  # type: ignore[arg-type]
+                                                  request_timeout=0.3)).start()
+    a, b = [], []
+    try:
+        eng.submit(GenRequest((1, 2), 1000), a.append)  # ~10 s of steps: stopped by the request timeout
+        assert _wait(lambda: eng.active == 1)
+        eng.submit(GenRequest((1,), 2), b.append)  # waits for the slot, past the queue timeout
+        with pytest.raises(EngineBusyError, match=r"queue limit is 1 \(--max-queue 1\)") as e:
+            eng.submit(GenRequest((1,), 2), lambda ev: None)
+        assert e.value.status == 429
+        assert _wait(lambda: a and isinstance(a[-1], (Done, Failed)) and b and isinstance(b[-1], (Done, Failed)))
+    finally:
+        eng.stop()
+    assert a[-1].status == 503 and "--request-timeout 0.3" in a[-1].message and 5 < len(a) < 60
+    assert b == [Failed(503, "queue_timeout", b[0].message)] and "--queue-timeout 0.1" in b[0].message
+    with pytest.raises(EngineBusyError, match="shutting down"):
+        eng.submit(GenRequest((1,), 2), lambda ev: None)
