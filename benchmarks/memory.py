@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -161,28 +160,27 @@ def main(argv: list[str] | None = None) -> int:
                           "command": " ".join(["curmoe"] + cmds[name][3:])}
         print(f"{name:<20} {r['rc']:>3} {r['peak_rss'] / 2**30:>12.2f} {ratio:>7.2f} {target:>7.1f} "
               f"{r['wall_s']:>7.1f}" + ("" if r["rc"] == 0 else f"   {r['tail']}"), flush=True)
+    from curmoe.app.results import provenance, read_results, write_results
+
     result: dict[str, Any] = {
-        "benchmark": "memory", "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=ROOT).stdout.strip(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "provenance": provenance(),
+        "machine_mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "model": {"n_params": n_params, "fp32_bytes": fp32, "config": "OLMoE layer shape, 2 layers (issue 19)"},
-        "threads": args.threads, "rows": rows,
+        "threads": args.threads, "rows": [{"name": k} | v for k, v in rows.items()],
     }
     if args.validate_runs:
         result["validation"] = validate_runs(model, work, args.validate_runs, args.threads, env)
     if args.out:
-        from curmoe.common.io import atomic_write
-
         out = Path(args.out)
-        if out.is_file():  # merge: a partial run (--only) updates its rows and keeps the others
-            old = json.loads(out.read_text())
-            result["rows"] = old.get("rows", {}) | result["rows"]
+        if out.is_file():  # merge: a partial run (--only) replaces its rows and keeps the others
+            old = read_results(out)
+            mine = {r["name"] for r in result["rows"]}
+            result["rows"] = [r for r in old["rows"] if r["name"] not in mine] + result["rows"]
+            order = list(commands(model, work, args.threads))
+            result["rows"].sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
             if "validation" not in result and "validation" in old:
                 result["validation"] = old["validation"]
-        atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=1)))
+        write_results(out, result)
         print(f"wrote {out}")
     shutil.rmtree(work / "tmp", ignore_errors=True)
     return 0

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from curmoe.app.report_tables import source as _source
+from curmoe.app.report_tables import table as _table
 from curmoe.app.results import read_results
 from curmoe.common.errors import InvalidInputError
 from curmoe.common.io import atomic_write
@@ -73,23 +75,6 @@ README_END = "<!-- results:end -->"
 
 def _write(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
-    align = align or "l" + "r" * (len(head) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _source(data: dict[str, Any], file: str) -> str:
-    p = data["provenance"]
-    dirty = p.get("uncommitted") or []
-    state = f" with uncommitted changes to {', '.join(f'`{f}`' for f in dirty)}" if dirty else ""
-    note = f" {p['note']}" if p.get("note") else ""
-    return (f"Measured by `{p['command']}` at commit `{p.get('commit') or '?'}`{state} on {p.get('utc', '?')} UTC "
-            f"({p.get('machine', '?')}); numbers in [data/{file}](data/{file}).{note}")
 
 
 def _g(x: float) -> str:
