@@ -244,7 +244,8 @@ with torch.no_grad():
 T = batch["input_ids"].shape[1]
 print("\nRESULT " + json.dumps({"ids": batch["input_ids"].tolist(), "mask": batch["attention_mask"].tolist(),
                   "logits": logits.double().tolist(), "dtype": str(logits.dtype), "generated": gen.tolist(),
-                  "text": tok.decode(gen[0, T:], skip_special_tokens=True), "padding_side": tok.padding_side}))
+                  "text": tok.decode(gen[0, T:], skip_special_tokens=True), "padding_side": tok.padding_side,
+                  "special": [tok.eos_token_id, tok.pad_token_id, tok.unk_token_id]}))
 """
 
 
@@ -267,6 +268,7 @@ def test_cli_round_trip_on_the_shipped_model(tmp_path):
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.split("\nRESULT ")[-1])
     assert got["dtype"] == "torch.float32" and got["padding_side"] == "left"
+    assert got["special"] == [1, 0, 2]  # <eos>, <pad>, <unk>: the config's eos/pad ids
     ids, mask = np.array(got["ids"]), np.array(got["mask"])
     np.testing.assert_array_equal(ids[0], load_tokenizer(TINY / "tokenizer.json").encode(text).ids)  # same tokens
     assert mask[1].sum() == 1 and mask[1, -1] == 1  # "the" was left-padded

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from curmoe import __version__
 from curmoe.common.errors import InvalidInputError
 from curmoe.common.io import atomic_dir
 
@@ -34,7 +35,6 @@ SUPPORTED_ROUTERS = ("topk", "switch", "expert_choice", "hash", "sigmoid_bias", 
 SUPPORTED_FACTORS = ("cur", "svd", "neuron")
 _SUPPORTED_VERSION = 1  # the curmoe ModelConfig version modeling_curmoe.py implements
 _DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
-_SPECIAL = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
 
 def hf_tensor_name(name: str) -> str:
@@ -61,8 +61,6 @@ def _check_expressible(model: Any) -> None:
 def _hf_config(model: Any, dtype: str) -> dict[str, Any]:
     c = model.config
     causal = not (c.moe.router.kind == "expert_choice" and c.moe.router.decode_fallback is None)
-    import curmoe
-
     return {
         "architectures": ["CurmoeForCausalLM"],
         "auto_map": {"AutoConfig": "configuration_curmoe.CurmoeConfig",
@@ -70,7 +68,7 @@ def _hf_config(model: Any, dtype: str) -> dict[str, Any]:
                      "AutoModelForCausalLM": "modeling_curmoe.CurmoeForCausalLM"},
         "model_type": "curmoe",
         "curmoe_config": c.to_dict(),
-        "curmoe_version": curmoe.__version__,
+        "curmoe_version": __version__,
         "dtype": dtype,
         # expert_choice is non-causal: it cannot decode with a KV cache, so generate re-runs full sequences
         "use_cache": causal,
@@ -96,14 +94,29 @@ def _tensors(model: Any, np_dtype: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def _special_tokens(tok: dict[str, Any], config: Any) -> dict[str, str]:
+    """eos / pad / unk token strings: the config's eos/pad ids looked up in tokenizer.json, and its model's unk."""
+    by_id = {int(t["id"]): t["content"] for t in tok.get("added_tokens", [])}
+    vocab = tok.get("model", {}).get("vocab")
+    if isinstance(vocab, dict):  # BPE / WordPiece / WordLevel: token -> id (Unigram stores a list)
+        by_id = {int(i): t for t, i in vocab.items()} | by_id
+    special: dict[str, str] = {}
+    for name, tid in (("eos_token", config.eos_token_id), ("pad_token", config.pad_token_id)):
+        if tid is not None and tid in by_id:
+            special[name] = by_id[tid]
+    unk = tok.get("model", {}).get("unk_token")
+    if isinstance(unk, str):
+        special["unk_token"] = unk
+    return special
+
+
 def _write_tokenizer(model: Any, folder: Path) -> list[str]:
     """tokenizer.json + tokenizer_config.json + special_tokens_map.json for PreTrainedTokenizerFast."""
     src = model.tokenizer_path
     if src is None:
         return []
     shutil.copyfile(src, folder / "tokenizer.json")
-    vocab = {t["content"] for t in json.loads(Path(src).read_text()).get("added_tokens", [])}
-    special = {k: v for k, v in _SPECIAL.items() if v in vocab}
+    special = _special_tokens(json.loads(Path(src).read_text(encoding="utf-8")), model.config)
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.max_seq_len,
                "padding_side": "left", "clean_up_tokenization_spaces": False, **special}
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
@@ -128,7 +141,11 @@ def write_hf_folder(model: Any, folder: str | Path, *, dtype: str | None = None)
                                 f"{', '.join(_DTYPES)}")
     tensors = _tensors(model, _DTYPES[dtype])
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(_hf_config(model, dtype), indent=2, sort_keys=True) + "\n")
+    cfg = _hf_config(model, dtype)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    c = model.config
+    gen = {"do_sample": False, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
+           "use_cache": cfg["use_cache"]}
     c = model.config
     gen = {"do_sample": False, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
            "use_cache": _hf_config(model, dtype)["use_cache"]}
