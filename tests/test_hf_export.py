@@ -136,6 +136,36 @@ def test_lower_precision_folders_within_the_runtime_tolerances(tmp_path, dtype):
                   tolerance_for(dtype).max_rel_err, dtype)
 
 
+@pytest.mark.parametrize("arch", ["MixtralForCausalLM", "Qwen2MoeForCausalLM"])
+def test_transformers_model_round_trip(tmp_path, arch):
+    """transformers' own model -> curmoe.models.from_hf -> export_hf -> AutoModelForCausalLM: the same logits as the
+    original on a left-padded batch (1e-4 relative, tests/test_hf.py's criterion: HF routes in float32)."""
+    from curmoe.models import from_hf
+
+    kw = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              num_experts_per_tok=2, max_position_embeddings=128, attn_implementation="eager", eos_token_id=2)
+    if arch == "MixtralForCausalLM":
+        cfg = transformers.MixtralConfig(**kw, intermediate_size=16, num_local_experts=4)
+    else:  # layer 1 dense, gated shared expert, q/k/v biases
+        cfg = transformers.Qwen2MoeConfig(**kw, intermediate_size=40, moe_intermediate_size=16, num_experts=4,
+                                          shared_expert_intermediate_size=24, mlp_only_layers=[1])
+    torch.manual_seed(0)
+    orig = getattr(transformers, arch)(cfg).eval()
+    with torch.no_grad():
+        for name, p in orig.named_parameters():
+            p.copy_(1 + 0.3 * torch.randn_like(p)) if "norm" in name else p.normal_(0.0, 0.2)
+    export_hf(from_hf(orig), tmp_path / "hf")
+    back = _load(tmp_path / "hf")
+    ids = np.random.default_rng(0).integers(0, 64, size=(2, 9))
+    mask = np.ones((2, 9), np.int64)
+    mask[1, :3], ids[1, :3] = 0, 0
+    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)  # the positions generate() gives transformers' models
+    with torch.no_grad():
+        want = orig(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+                    position_ids=torch.as_tensor(pos)).logits.double().numpy()
+    _assert_close(_hf_logits(back, ids, mask), want, mask, 1e-4, arch)
+
+
 def _reference_session(model: curmoe.Model, folder: Path):
     import curmoe.runtimes
 
