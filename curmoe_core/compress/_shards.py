@@ -48,7 +48,9 @@ _NAME = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.f
 
 def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32, exactly."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    wide = bits.astype(np.uint32)  # one (.., 4-byte) array, shifted in place: no second temporary
+    wide <<= np.uint32(16)
+    return wide.view(np.float32)
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
