@@ -291,6 +291,10 @@ def test_cli_round_trip_on_the_shipped_model(tmp_path):
     rec = json.loads(r.stdout)
     assert rec["format"] == "hf" and rec["dtype"] == "float32" and rec["tokenizer"] is True
     assert sorted(p.name for p in out.iterdir()) == rec["files"]
+    # the float16 checkpoint stays float16 on disk (same size, header aside) and computes in float32
+    assert rec["weights_dtype"] == "float16"
+    size, ckpt = (out / "model.safetensors").stat().st_size, (TINY / "model.safetensors").stat().st_size
+    assert abs(size - ckpt) <= 0.01 * ckpt, (size, ckpt)
 
     text = "The game was released in Japan"
     r = subprocess.run([sys.executable, "-c", _USER, str(out), text], check=False, capture_output=True, text=True,

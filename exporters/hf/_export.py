@@ -130,8 +130,10 @@ def write_hf_folder(model: Any, folder: str | Path, *, dtype: str | None = None)
     Args:
         model: a dense or compressed :class:`curmoe.Model`.
         folder: an existing empty directory.
-        dtype: "float32" | "float16" | "float64" for the weights (and the dtype HF loads them in); None = the
-            model's compute dtype.
+        dtype: the compute dtype HF loads the model in by default (config.json ``dtype``): "float32" | "float16" |
+            "float64"; None = the model's compute dtype. The weights are stored in the checkpoint's own dtype
+            (``model.storage_dtype``) unless ``dtype`` is narrower, so a float16 checkpoint stays float16 on disk
+            (its size is preserved) and still computes in float32, as curmoe computes it.
     """
     folder = Path(folder)
     _check_expressible(model)
@@ -139,23 +141,24 @@ def write_hf_folder(model: Any, folder: str | Path, *, dtype: str | None = None)
     if dtype not in _DTYPES:
         raise InvalidInputError(f"dtype={dtype!r} is not a weight dtype of the HF folder; pass one of "
                                 f"{', '.join(_DTYPES)}")
-    tensors = _tensors(model, _DTYPES[dtype])
+    stored = np.dtype(model.storage_dtype if model.storage_dtype is not None else model.dtype)
+    if stored.name not in _DTYPES or stored.itemsize > np.dtype(_DTYPES[dtype]).itemsize:
+        stored = np.dtype(_DTYPES[dtype])
+    tensors = _tensors(model, stored)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     cfg = _hf_config(model, dtype)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     c = model.config
     gen = {"do_sample": False, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
            "use_cache": cfg["use_cache"]}
-    c = model.config
-    gen = {"do_sample": False, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
-           "use_cache": _hf_config(model, dtype)["use_cache"]}
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     for f in REMOTE_CODE_FILES:
         shutil.copyfile(_HERE / f, folder / f)
     tok = _write_tokenizer(model, folder)
-    n_params = int(sum(a.size for k, a in tensors.items() if a.dtype.kind == "f"))
-    log.info("wrote HF folder %s (%d tensors, %d parameters, %s)", folder, len(tensors), n_params, dtype)
-    return {"dtype": dtype, "n_tensors": len(tensors), "n_params": n_params,
+    n_params = int(sum(a.size for a in tensors.values() if a.dtype.kind == "f"))
+    log.info("wrote HF folder %s (%d tensors, %d parameters, %s weights, %s compute)", folder, len(tensors),
+             n_params, stored.name, dtype)
+    return {"dtype": dtype, "weights_dtype": stored.name, "n_tensors": len(tensors), "n_params": n_params,
             "factorised_matrices": len(c.factors), "tokenizer": bool(tok),
             "files": sorted(["config.json", "generation_config.json", "model.safetensors", *REMOTE_CODE_FILES, *tok])}
 
