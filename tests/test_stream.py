@@ -236,3 +236,18 @@ def test_global_allocation_and_missing_tensors_are_refused(tmp_path):
     os.remove(tmp_path / "sh" / idx["weight_map"]["layers.1.router.weight"])
     with pytest.raises(curmoe.CheckpointError, match="is missing; re-download"):
         compress_checkpoint(tmp_path / "sh", tmp_path / "o", curmoe.CURConfig(ratio=0.5))
+
+
+def test_cli_compress_streams_a_sharded_folder(tmp_path, capsys):
+    from curmoe.app.cli import main
+
+    model = baby_model(dtype=np.float32, moe={"d_ff": 16})
+    model.save(tmp_path / "src")
+    _shard(tmp_path / "src", tmp_path / "sh", bf16=False)
+    assert main(["compress", str(tmp_path / "sh"), "--method", "cur", "--ratio", "0.5", "-o", str(tmp_path / "o"),
+                 "--json"]) == 0  # sharded input: streamed without --stream
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["method"] == "cur" and (tmp_path / "o" / INDEX_FILE).is_file()
+    compress_checkpoint(tmp_path / "src", tmp_path / "api", curmoe.CURConfig(ratio=0.5), progress=False)
+    a, b = read_sharded(tmp_path / "o"), read_sharded(tmp_path / "api")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k][1], b[k][1]) for k in a)
