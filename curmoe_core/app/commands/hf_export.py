@@ -13,7 +13,8 @@ from curmoe.common.errors import InvalidInputError
 
 
 @folder_format("hf", "a Hugging Face folder (AutoModelForCausalLM with trust_remote_code=True, AutoTokenizer); "
-                     "factorised experts stay factorised; --dtype sets the weights' dtype")
+                     "factorised experts stay factorised; --dtype is the compute dtype (weights keep the "
+                     "checkpoint's dtype unless narrower)")
 def write_hf(model: Any, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     from curmoe.exporters.hf import write_hf_folder
 
