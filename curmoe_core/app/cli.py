@@ -370,6 +370,7 @@ def _export(args: argparse.Namespace) -> int:
     written += [path.with_name(path.name + ".data")] if args.format == "onnx" else []
     _check_outputs(written, args.force)
     model = _load_model(args.model_dir)
+    tokenizer_path = model.tokenizer_path
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
                            with_cache=not args.no_cache, fused_moe=args.fused_moe)
@@ -382,15 +383,16 @@ def _export(args: argparse.Namespace) -> int:
         # (an error, Ctrl-C): only the declared X.xml + X.bin are written, an X.onnx beside them is never touched
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as tmp:
             onnx_path = export(model, cfg, Path(tmp) / path.with_suffix(".onnx").name)
+            del model  # OpenVINO reads the weights from the ONNX file: the NumPy copy is not needed beside its own
             path = export_openvino_ir(onnx_path, path, routing_outputs=True)
     else:
         from curmoe.exporters.coreml import CoreMLExportConfig
 
         path = export(model, CoreMLExportConfig(dtype=args.dtype), path)
     tok = path.parent / "tokenizer.json"
-    tok_written = model.tokenizer_path is not None and not tok.exists()
+    tok_written = tokenizer_path is not None and not tok.exists()
     if tok_written:
-        shutil.copyfile(model.tokenizer_path, tok)  # so eval/generate on the file find the tokenizer
+        shutil.copyfile(tokenizer_path, tok)  # so eval/generate on the file find the tokenizer
     dispatch = "dense (every expert masked by its gates)" if args.format == "coreml" else args.dispatch
     _emit({"output": str(path), "format": args.format, "dispatch": dispatch, "dtype": args.dtype,
            "tokenizer": str(tok) if tok_written else None},
