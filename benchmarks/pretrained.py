@@ -222,7 +222,7 @@ def sweep(args: argparse.Namespace) -> int:
     head = WikiText2Split("train", False, train.lines[:4000])  # ~300k characters, plenty of tokens
     calib = encode_text(tok, head)[:n_calib].reshape(-1, 512)
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-pretrained-"))
-    cache = tmp / "calib"
+    cache = Path(args.calib_cache) if args.calib_cache else tmp / "calib"
     out = _results(args.out)
     prov = provenance(sys.argv[1:] if args.argv is None else args.argv)
     out["provenance"] = prov
@@ -257,7 +257,7 @@ def sweep(args: argparse.Namespace) -> int:
         ppl = ", ".join(f"{s} {row[s]['ppl_token']:.3f}" for s in streams if s in row)
         print(f"{row['method']} @ {row['ratio_target']}: {ppl} ({row.get('compress_s', 0)} s)", flush=True)
 
-    if "calibration_s" not in sw:  # once, before any method: every method then reads it from the cache
+    if "calibration_s" not in sw or not args.resume:  # once, before any method: every method then reads it from the cache
         from curmoe.compress import cached_calibrate
 
         t0 = time.perf_counter()
@@ -289,7 +289,13 @@ def sweep(args: argparse.Namespace) -> int:
             if test_split and (best is None or row["valid"]["ppl_token"] < best[0]):
                 best = (row["valid"]["ppl_token"], row, small)
             del small
-        if best is not None:  # the test split for the best method of this ratio (chosen on valid)
+        rows_r = [r for r in sw["rows"] if r["ratio_target"] == ratio and "valid" in r]
+        top = min(rows_r, key=lambda r: r["valid"]["ppl_token"]) if test_split and rows_r else None
+        if top is not None and "test" not in top:  # the test split for the best method (chosen on valid)
+            if best is None or best[1] is not top:  # a row of an earlier (resumed) run: compress it again
+                small = curmoe.compress(moe, METHODS[top["method"]](ratio), calib_ids=calib, progress=False,
+                                        calib_cache=cache)
+                best = (top["valid"]["ppl_token"], top, small)
             best[1]["test"] = evaluate(best[2], "best", {"test": streams["test"]})["test"]
             best[1]["best_on_valid"] = True
             write_results(args.out, out)
@@ -319,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="what computes the sweep's logits (reference: float32 NumPy, no export)")
     sw.add_argument("--methods", default=",".join(METHODS))
     sw.add_argument("--calib-tokens", type=int, default=2048)
+    sw.add_argument("--calib-cache", default=None, help="calibration cache folder (default: a temporary one)")
     sw.add_argument("--test-best", action="store_true",
                     help="score test only for the best method of each ratio (chosen on valid); dense always")
     sw.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the missing ones")
