@@ -120,11 +120,14 @@ async def _level(url: str, clients: int, n_requests: int, prompt: list[int], max
             if r.status_code == 200:
                 toks += r.json()["usage"]["completion_tokens"]
 
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(clients)))
-        wall = time.perf_counter() - t0
+    # one connection per client, reused back to back: a pooled connection left idle past the server's keep-alive
+    # timeout could be closed under a request (a client-side artefact counted as lost)
+    cs = [httpx.AsyncClient(timeout=600) for _ in range(clients)]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in cs))
+    wall = time.perf_counter() - t0
+    for c in cs:
+        await c.aclose()
     ms = np.asarray(lat or [float("nan")]) * 1e3
     return {"concurrency": clients, "requests": n_requests, "completion_tokens": toks, "wall_s": wall,
             "tok_s": toks / wall, "best_tok_s": max_tokens / (min(lat) if lat else float("inf")),

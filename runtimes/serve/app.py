@@ -234,8 +234,8 @@ def create_app(engine: Engine, codec: TextCodec, settings: ServeSettings) -> Fas
         return codec.decode(ids), ids
 
     async def _submit(p: _Prepared) -> _Run:
-        try:
-            run = _Run(engine, p.gen)
+        try:  # a non-streamed answer without stop strings needs no event before the last one
+            run = _Run(engine, p.gen, every_event=p.stream or bool(p.stop))
         except EngineBusyError as e:
             raise APIError(e.status, str(e), code=e.code, headers={"Retry-After": "1"}) from None
         metrics.tokens_in.inc(len(p.gen.prompt_ids))
@@ -246,7 +246,14 @@ def create_app(engine: Engine, codec: TextCodec, settings: ServeSettings) -> Fas
         req = parse_body(await _body(request), ChatRequest if chat else CompletionRequest)
         p = _prepare(req, chat)
         run = await _submit(p)
-        try:
+        resp = _Response(p, codec, settings.model_name, chat)
+        if not p.stream:
+            try:
+                body = await _or_disconnect(request, _collect(run, resp))
+            finally:
+                run.handle.cancel()  # a no-op when finished; frees the slot of a client that left
+            return Response(status_code=499) if body is None else JSONResponse(body)
+        try:  # the first event decides the HTTP status (a queue timeout is a 503, not a 200 stream)
             first = await _or_disconnect(request, run.next())
         except BaseException:
             run.handle.cancel()
@@ -256,17 +263,8 @@ def create_app(engine: Engine, codec: TextCodec, settings: ServeSettings) -> Fas
             return Response(status_code=499)
         if isinstance(first, Failed):
             raise APIError(first.status, first.message, code=first.code, headers={"Retry-After": "1"})
-        resp = _Response(p, codec, settings.model_name, chat)
-        if p.stream:
-            return StreamingResponse(_stream(run, first, resp), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            body = await _or_disconnect(request, _collect(run, first, resp))
-        finally:
-            run.handle.cancel()  # a no-op when finished; frees the slot of a client that left
-        if body is None:
-            return Response(status_code=499)
-        return JSONResponse(body)
+        return StreamingResponse(_stream(run, first, resp), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -282,8 +280,9 @@ def create_app(engine: Engine, codec: TextCodec, settings: ServeSettings) -> Fas
 class _Run:
     """A submitted request seen from the event loop: engine events arrive on an asyncio queue."""
 
-    def __init__(self, engine: Engine, gen: GenRequest) -> None:
+    def __init__(self, engine: Engine, gen: GenRequest, every_event: bool = True) -> None:
         self.loop = asyncio.get_running_loop()
+        self.every_event = every_event  # else the loop is woken by the final event only
         self.events: collections.deque[Any] = collections.deque()
         self.ready = asyncio.Event()
         self.pending = False  # a wake-up is scheduled on the loop
@@ -293,7 +292,7 @@ class _Run:
 
     def _sink(self, ev: Any) -> None:  # engine thread: wake the loop once per batch of events, not per token
         self.events.append(ev)
-        if not self.pending:
+        if not self.pending and (self.every_event or isinstance(ev, (Done, Failed))):
             self.pending = True
             self.loop.call_soon_threadsafe(self._wake)
 
@@ -424,17 +423,14 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _collect(run: _Run, first: Any, resp: _Response) -> dict[str, Any]:
+async def _collect(run: _Run, resp: _Response) -> dict[str, Any]:
     """A non-streamed answer: every event until the end."""
-    parts, ev = [], first
-    while True:
-        parts.append(resp.take(ev))
-        if resp.ended:
-            break
-        ev = await run.next()
+    parts: list[str] = []
+    while not resp.ended:
+        parts.append(resp.take(await run.next()))
     if resp.error is not None:
         e = resp.error
-        raise APIError(e.status, e.message, code=e.code)
+        raise APIError(e.status, e.message, code=e.code, headers={"Retry-After": "1"} if e.status == 503 else None)
     return resp.whole("".join(parts))
 
 
