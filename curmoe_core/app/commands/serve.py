@@ -40,7 +40,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="a Jinja chat template file (default: chat_template.jinja or tokenizer_config.json beside "
                         "the tokenizer; without one /v1/chat/completions answers 400)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the one beside the model)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: %(default)s)")
 
 
 @command("serve", "serve a model over an OpenAI-compatible HTTP API with continuous batching")
