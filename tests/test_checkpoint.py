@@ -144,3 +144,60 @@ def test_saved_files_get_normal_permissions(saved):
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
     for f in path.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f.name
+
+
+def _shard(path, n_shards: int = 2) -> None:
+    """Split model.safetensors into shards + model.safetensors.index.json."""
+    tensors = load_file(str(path / "model.safetensors"))
+    names = sorted(tensors)
+    wmap = {}
+    for i in range(n_shards):
+        f = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: tensors[k] for k in names[i::n_shards]}
+        save_file(part, str(path / f))
+        wmap |= {k: f for k in part}
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wmap}))
+
+
+def test_sharded_checkpoint_loads_the_same_model(saved):
+    model, path = saved
+    _shard(path, 3)
+    back = curmoe.load(path)
+    ids = random_ids(model, 2, 6)
+    np.testing.assert_array_equal(back.forward(ids), model.forward(ids))
+
+
+def test_sharded_checkpoint_errors(saved):
+    _, path = saved
+    _shard(path, 2)
+    shard = next(path.glob("model-00002-*.safetensors"))
+    shard.rename(path / "gone")
+    with pytest.raises(curmoe.CheckpointError, match="missing"):
+        curmoe.load(path)
+    (path / "gone").rename(shard)
+    index = path / "model.safetensors.index.json"
+    d = json.loads(index.read_text())
+    d["weight_map"]["extra.weight"] = shard.name
+    index.write_text(json.dumps(d))
+    with pytest.raises(curmoe.CheckpointError, match="disagree on tensor 'extra.weight'"):
+        curmoe.load(path)
+    index.write_text("{}")
+    with pytest.raises(curmoe.CheckpointError, match="weight_map"):
+        curmoe.load(path)
+
+
+def test_bf16_tensors_widen_to_float32_exactly(tmp_path):
+    """A BF16 tensor (stored as the top 16 bits of a float32) reads back as exactly that float32."""
+    import struct
+
+    from curmoe.common.safetensors import read_tensors
+
+    x = np.array([1.0, -2.5, 3.140625, 0.0, 65280.0], np.float32)  # all exactly representable in bf16
+    bits = (x.view(np.uint32) >> 16).astype("<u2")
+    head = json.dumps({"w": {"dtype": "BF16", "shape": [5], "data_offsets": [0, 10]}}).encode()
+    f = tmp_path / "b.safetensors"
+    f.write_bytes(struct.pack("<Q", len(head)) + head + bits.tobytes())
+    got = read_tensors(f)["w"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, x)

@@ -4,7 +4,7 @@
 ``safe_open`` memory-maps the file: either way a process that loads a 3.4 GB checkpoint peaks at twice that in
 resident memory (mapped file pages count). This reader parses the layout (an 8-byte little-endian header length,
 a JSON header ``{name: {dtype, shape, data_offsets}}``, then the raw little-endian data) and fills each array with
-one ``readinto``.
+one ``readinto``. bfloat16 (no NumPy type) is widened to float32 exactly: a bf16 value is the top half of a float32.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                          key=lambda kv: kv[1]["data_offsets"][0])
         out: dict[str, np.ndarray] = {}
         for name, h in entries:
+            bf16 = h["dtype"] == "BF16"
+            if bf16:
+                h = h | {"dtype": "U16"}
             if h["dtype"] not in SAFETENSORS_DTYPES:
                 raise ValueError(f"tensor {name!r} has dtype {h['dtype']}, which NumPy cannot hold")
             dt = np.dtype(SAFETENSORS_DTYPES[h["dtype"]]).newbyteorder("<")
@@ -58,5 +61,6 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             f.seek(base + a)
             if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != b - a:
                 raise ValueError(f"tensor {name!r} is cut short")
-            out[name] = arr if dt.isnative else arr.astype(dt.newbyteorder("="))
+            arr = arr if dt.isnative else arr.astype(dt.newbyteorder("="))
+            out[name] = (arr.astype(np.uint32) << np.uint32(16)).view(np.float32) if bf16 else arr
     return out

@@ -30,12 +30,13 @@ from curmoe.reference._config import ModelConfig
 from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
 from curmoe.reference.names import expected_tensors, expert_keys
 
-__all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "TOKENIZER_FILE"]
+__all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "INDEX_FILE", "TOKENIZER_FILE"]
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # sharded weights (Hugging Face layout; curmoe.compress_checkpoint)
 TOKENIZER_FILE = "tokenizer.json"
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -63,6 +64,26 @@ def _read_tensors(f: Path) -> dict[str, np.ndarray]:
         ) from e
 
 
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of ``model.safetensors``, or of the shards ``model.safetensors.index.json`` names."""
+    index = path / INDEX_FILE
+    if not index.is_file():
+        return _read_tensors(path / WEIGHTS_FILE)
+    d = read_json(index, what="the index of a sharded curmoe checkpoint", fix="re-run the command that wrote it",
+                  error=CheckpointError)
+    wmap = d.get("weight_map") if isinstance(d, dict) else None
+    if not isinstance(wmap, dict):
+        raise CheckpointError(f"{str(index)!r} has no 'weight_map'; re-run the command that wrote it")
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(set(wmap.values())):
+        out |= _read_tensors(path / f)
+    if set(out) != set(wmap):
+        diff = sorted(set(out) ^ set(wmap))
+        raise CheckpointError(f"{str(index)!r} and its shards disagree on tensor {diff[0]!r}; re-run the command "
+                              "that wrote it")
+    return out
+
+
 def read_checkpoint(path: str | Path, *, dtype: np.dtype | None = None
                     ) -> tuple[ModelConfig, dict[str, np.ndarray], dict[str, Linear], Path | None, np.dtype]:
     """Read a model directory, checking every tensor against the config:
@@ -71,7 +92,7 @@ def read_checkpoint(path: str | Path, *, dtype: np.dtype | None = None
     ``dtype`` casts floats (e.g. float64); without it float16 files compute in float32."""
     path = Path(path)
     config = _read_config(path)
-    raw = _read_tensors(path / WEIGHTS_FILE)
+    raw = _read_weights(path)
     want = expected_tensors(config)
     problems = []
     for name, (shape, kind) in want.items():
