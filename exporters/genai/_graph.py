@@ -24,7 +24,7 @@ from curmoe.exporters.genai._config import PAST
 from curmoe.exporters.onnx import OnnxExportConfig, export_onnx
 from curmoe.reference import Model
 
-__all__ = ["write_genai_onnx", "remove_onnx", "EXTERNAL_BYTES"]
+__all__ = ["EXTERNAL_BYTES", "remove_onnx", "write_genai_onnx"]
 
 #: Weights above this size go to ``model.onnx.data`` unless the config says otherwise.
 EXTERNAL_BYTES = 256 << 20
