@@ -144,8 +144,9 @@ def run(args: argparse.Namespace) -> dict:
     from curmoe.exporters import OnnxExportConfig, export
     from curmoe.runtimes import load
 
-    # Memory: one model and one runtime session alive at a time. Compressed models are exported and dropped (only
-    # their decode bytes are kept); each row's session is opened, measured and closed before the next one opens.
+    # Memory: one model and one runtime session alive at a time. Compressed models are made by streamed compression
+    # (compress_checkpoint: one layer at a time), exported and dropped (only their decode bytes are kept); each
+    # row's session is opened, measured and closed before the next one opens.
     model = curmoe.load(args.model)
     described = repr(model)
     rng = np.random.default_rng(0)
@@ -163,17 +164,25 @@ def run(args: argparse.Namespace) -> dict:
     nbytes: dict[str, int] = {}
     paths: dict[tuple[str, str, bool], Path] = {}
     for key, dispatches in variants.items():
-        m = model if key == "dense" else curmoe.compress(
-            model, curmoe.CURConfig(ratio=int(key[3:]) / 100, activation_aware=True), calib_ids=calib,
-            progress=False)
+        if key == "dense":
+            m = model
+        else:  # streamed: one layer's weights and calibration statistics at a time, then the result loaded
+            from curmoe.compress import compress_checkpoint
+
+            if key == "cur50":
+                del model  # not needed beside the compressed models
+                gc.collect()
+            compress_checkpoint(args.model, tmp / key, curmoe.CURConfig(ratio=int(key[3:]) / 100,
+                                                                         activation_aware=True),
+                                calib_ids=calib, progress=False)
+            m = curmoe.load(tmp / key)
         nbytes[key] = decode_bytes(m)
         for dispatch, fused in dispatches:
             paths[key, dispatch, fused] = export(m, OnnxExportConfig(dispatch=dispatch, fused_moe=fused),
                                                  tmp / f"{key}-{dispatch}-{fused}.onnx")
         del m
+        gc.collect()
         print(f"  exported {key}", file=sys.stderr)
-    del model
-    gc.collect()
 
     Row = tuple[str, str, Callable[[], Any]]  # (label, model key, make the runner)
     rows: list[Row] = []
