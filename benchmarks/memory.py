@@ -97,8 +97,27 @@ def commands(model: Path, work: Path, threads: int) -> dict[str, list[str]]:
     }
 
 
+def validate_seeds(file: Path, model_dir: Path, runtime: str, n: int, threads: int) -> list[dict[str, Any]]:
+    """``curmoe.runtimes.validate`` of ``file`` with input seeds 0..n-1, the model loaded once (in this process)."""
+    import curmoe
+    from curmoe.runtimes import validate
+
+    model = curmoe.load(model_dir)
+    out = []
+    for seed in range(n):
+        rep = validate(file, model, runtime, seed=seed, threads=threads)
+        out.append({k: getattr(rep, k) for k in ("passed", "max_rel_err", "routing_agreement", "hard_flips",
+                                                   "diverged_sequences", "router_max_rel_err")}
+                   | {"near_tie_flips": len(rep.near_tie_flips), "failures": list(rep.failures)})
+        print(f"  validate {runtime} {file.name} seed {seed}: {'PASS' if rep.passed else 'FAIL'} "
+              f"max_rel_err {rep.max_rel_err:.2e} hard flips {rep.hard_flips} near ties {len(rep.near_tie_flips)}",
+              flush=True)
+    return out
+
+
 def validate_runs(model: Path, work: Path, n: int, threads: int, env: dict[str, str]) -> dict[str, Any]:
-    """n validations each of the correct and the corrupted export on ORT and OpenVINO CPU (pass counts)."""
+    """n validations each of the correct and the corrupted export on ORT and OpenVINO CPU (pass counts), each
+    (runtime, export) in a process of its own that loads the model once."""
     bad = work / "corrupted"
     corrupt_model(model, bad)
     cli = [sys.executable, "-m", "curmoe.app.cli"]
@@ -109,17 +128,14 @@ def validate_runs(model: Path, work: Path, n: int, threads: int, env: dict[str, 
     res: dict[str, Any] = {}
     for rt, good, corrupt in (("onnxruntime:cpu", "m.onnx", "bad.onnx"), ("openvino:cpu", "m.xml", "bad.xml")):
         for label, f in (("correct", good), ("corrupted", corrupt)):
-            passes, details = 0, []
-            for seed in range(n):
-                r = run(cli + ["validate", str(work / f), "--model", str(model), "--runtime", rt, "--threads",
-                               str(threads), "--seed", str(seed), "--json"], env)
-                rep = json.loads(r["tail"][-1]) if r["rc"] in (0, 1) else {}
-                passes += bool(rep.get("passed"))
-                details.append({k: rep.get(k) for k in ("passed", "max_rel_err", "routing_agreement", "hard_flips",
-                                                        "diverged_sequences", "router_max_rel_err", "failures")})
-                print(f"  validate {rt} {label} seed {seed}: {'PASS' if rep.get('passed') else 'FAIL'} "
-                      f"rel {rep.get('max_rel_err')} hard {rep.get('hard_flips')}", flush=True)
-            res[f"{rt} {label}"] = {"runs": n, "passed": passes, "details": details}
+            code = ("import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import memory; "
+                    f"print(json.dumps(memory.validate_seeds(Path({str(work / f)!r}), Path({str(model)!r}), "
+                    f"{rt!r}, {n}, {threads})))")
+            r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+            print(r.stdout.strip().rsplit("\n", 1)[0] if r.stdout.strip() else r.stderr[-2000:], flush=True)
+            details = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else []
+            res[f"{rt}, {label} export"] = {"runs": n, "passed": sum(d["passed"] for d in details),
+                                            "completed": len(details), "details": details}
     return res
 
 
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="model directory (made with --make if missing)")
     ap.add_argument("--make", action="store_true", help="write the random OLMoE-shaped model first")
     ap.add_argument("--work", default=None, help="folder for outputs (default: MODEL-work)")
-    ap.add_argument("--only", default=None, help="comma-separated command names (default: all)")
+    ap.add_argument("--only", default=None, help="comma-separated command names (default: all; none: only --validate-runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--validate-runs", type=int, default=0)
     ap.add_argument("--out", default=None, help="results JSON (merged into an existing file by command name)")
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = 4 * n_params
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     cmds = commands(model, work, args.threads)
-    names = list(cmds) if not args.only else args.only.split(",")
+    names = list(cmds) if not args.only else [] if args.only == "none" else args.only.split(",")
     rows: dict[str, Any] = {}
     print(f"model {model}: {n_params / 1e6:.1f} M parameters, {fp32 / 2**30:.2f} GiB in float32", flush=True)
     print(f"{'command':<20} {'rc':>3} {'peak RSS GiB':>12} {'x fp32':>7} {'target':>7} {'wall s':>7}", flush=True)
