@@ -77,7 +77,7 @@ def run_cli(args: Any) -> int:
     if (model_dir / "config.json").is_file():
         out_line(f"[2] {model_dir}: compress -> export ONNX -> validate on every runtime -> perplexity -> generate")
         out["model"] = model_demo(model_dir, data_dir=args.data_dir, max_eval_tokens=args.max_eval_tokens,
-                                  say=out_line, status=status, on_row=out_line, progress=not quiet)
+                                  say=out_line, status=status, on_row=out_line, progress=not quiet, t0=t0)
     else:
         out_line(f"[2] skipped: no model at {model_dir}")
     out["total_s"] = round(time.perf_counter() - t0, 1)
@@ -114,8 +114,8 @@ def shipped_model_dir(name: str = "wt2-moe-8x") -> Any:
 class _Clock:
     """Wall-clock seconds per demo step (summed over models), for the closing line and the JSON record."""
 
-    def __init__(self, status: Callable[[str], None]) -> None:
-        self.t0, self.status, self.steps = time.perf_counter(), status, {}
+    def __init__(self, status: Callable[[str], None], t0: float | None = None) -> None:
+        self.t0, self.status, self.steps = time.perf_counter() if t0 is None else t0, status, {}
 
     @contextmanager
     def step(self, name: str, what: str) -> Iterator[None]:
@@ -143,13 +143,15 @@ def quiet_third_party() -> Iterator[None]:
 def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7), data_dir: str | None = None,
                calib_tokens: int = 16384, max_eval_tokens: int | None = None, workdir: Any = None,
                say: Callable[[str], None] = log.info, status: Callable[[str], None] = log.info,
-               on_row: Callable[[str], None] | None = None, progress: bool = False) -> dict[str, Any]:
+               on_row: Callable[[str], None] | None = None, progress: bool = False,
+               t0: float | None = None) -> dict[str, Any]:
     """Compress (neuron CUR, one global budget: the best interpretable method, see docs/results/compression.md)
     -> export ONNX -> validate on every runtime here -> perplexity -> text.
 
     ``say`` gets notices, ``status`` a line at the start of every step (with the elapsed time), ``on_row`` each
     line of the results table as soon as it is known (the header first, then one row per model, then the extra
-    checks and the generated text); ``progress`` shows tqdm bars (stderr) inside the long steps.
+    checks and the generated text); ``progress`` shows tqdm bars (stderr) inside the long steps; ``t0`` (a
+    ``time.perf_counter()`` value) is where the status lines count from (default: now).
     """
     import tempfile
     from pathlib import Path
@@ -165,7 +167,8 @@ def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7),
     from curmoe.runtimes.evaluate import evaluate_text, evaluate_wikitext2
 
     emit = on_row or (lambda line: None)
-    clock = _Clock(status)
+    clock = _Clock(status, t0)
+    start = time.perf_counter()
     model_dir = Path(model_dir or shipped_model_dir())
     work = Path(workdir or tempfile.mkdtemp(prefix="curmoe-demo-"))
     with clock.step("load", f"loading {model_dir.name} and the calibration text"):
@@ -248,8 +251,8 @@ def model_demo(model_dir: Any = None, *, ratios: tuple[float, ...] = (0.5, 0.7),
                 row["samples"].append(prompt + " " + tok.decode(out[ids.size:].tolist()))
         for line in _row_extras(row) + [f"[{row['model']}] {s}" for s in row["samples"]]:
             emit(line)
-    total = time.perf_counter() - clock.t0
-    status(f"[{total:6.1f} s] model stage done: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.steps.items()))
+    total = time.perf_counter() - start
+    status(f"[{time.perf_counter() - clock.t0:6.1f} s] model stage done in {total:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.steps.items()))
     return {"model_dir": str(model_dir), "calibration": calib_src, "runtimes": runtimes, "rows": rows,
             "eval_split": eval_split, "workdir": str(work),
             "timings_s": {k: round(v, 2) for k, v in clock.steps.items()} | {"total": round(total, 2)}}
