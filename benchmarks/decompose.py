@@ -133,10 +133,12 @@ def run_shape(m: int, n: int, ratios: list[float], args: argparse.Namespace) -> 
                        n_cols=int(len(res.cols)) if fn == "cur" else int(res.rank), achieved=float(res.ratio),
                        cpu_s=cpu, wall_s=wall, **evaluate(res, W, X, WX, X2, WX2))
             rows.append(row)
-            print(f"  {m}x{n} ratio {ratio} {label}: {cpu:.2f} s cpu", file=sys.stderr, flush=True)
+            print(f"  {m}x{n} ratio {ratio} {label}: {cpu:.2f} s cpu, output error {row['output_error']:.4f}",
+                  file=sys.stderr, flush=True)
         for rule in (args.neuron.split(",") if args.neuron else []):
             rows.append(neuron_row(W, stats, ratio, rule, X, WX, X2, WX2))
-            print(f"  {m}x{n} ratio {ratio} neuron {rule}: {rows[-1]['cpu_s']:.2f} s cpu", file=sys.stderr, flush=True)
+            print(f"  {m}x{n} ratio {ratio} neuron {rule}: {rows[-1]['cpu_s']:.2f} s cpu, output error "
+                  f"{rows[-1]['output_error']:.4f}", file=sys.stderr, flush=True)
         seed_cpu = next((r["cpu_s"] for r in rows if r["ratio"] == ratio and r["method"] == METHODS[0][0]), None)
         for r in rows:
             if r["ratio"] == ratio:
