@@ -22,6 +22,10 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
                       *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)])
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _yes(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
@@ -60,17 +64,30 @@ def serve_page(data: dict[str, Any], fig: str | None = "serve.png") -> str:
     parts = [
         "# Serving: `curmoe serve` under concurrent clients", "",
         f"One run of `benchmarks/serve.py` on `{Path(str(data.get('model', '?'))).name}` (dense) and its neuron-CUR "
-        f"compression, each on ONNX Runtime CPU and OpenVINO CPU with {data.get('threads', '?')} runtime threads. "
+        f"compression, each on ONNX Runtime CPU and OpenVINO CPU with {data.get('threads', '?')} runtime thread(s). "
         f"Every request: a {data.get('prompt_tokens', '?')}-token prompt, greedy, exactly "
         f"{data.get('max_tokens', '?')} output tokens (`ignore_eos`). Throughput = output tokens of all answered "
         "requests / wall time; latency = one whole (non-streamed) request. "
-        f"{data.get('machine_note', '')}.{load} compare rows of this run, not runs.", "",
+        f"{_sentence(data.get('machine_note', ''))}.{load} compare rows of this run, not runs.", "",
     ]
     if fig:
         parts += [f"![throughput against concurrent clients]({fig})", ""]
     parts += ["## Targets", "", _table(["target", "model / runtime", "measured", ""],
                                        [[t["target"], t["row"], t["value"], _yes(t["met"])]
                                         for t in serve_targets(data)]), ""]
+    kept = [t for t in data.get("targets", []) if "rss_after_second_mib" in t["burst"]
+            and t["burst"]["rss_after_mib"] > t["burst"]["rss_baseline_mib"] * 1.05 + 4]
+    if kept:
+        flat = all(abs(t["burst"]["rss_after_second_mib"] - t["burst"]["rss_after_mib"]) <= 2 for t in kept)
+        parts += [
+            "Memory after the burst: " + ", ".join(
+                f"{t['model']} {t['runtime']} keeps {t['burst']['rss_after_mib'] - t['burst']['rss_baseline_mib']:+.0f}"
+                f" MiB" for t in kept)
+            + (" after the first burst, and a second identical burst adds at most 2 MiB: memory kept for the largest "
+               "batch run so far, not a per-request leak. Most likely the runtimes' own caches (ONNX Runtime's CPU "
+               "memory arena does not shrink; OpenVINO caches kernels compiled per input shape); a glibc "
+               "`malloc_trim` when the server went idle did not lower it (tried, not kept)." if flat else
+               " after the first burst, and it grew again after a second burst: look for a leak."), ""]
     parts += ["## Throughput and latency", "", _table(
         ["model", "runtime", "clients", "requests", "output tok/s", "p50 ms", "p99 ms", "statuses"],
         [[r["model"], r["runtime"], r["concurrency"], r["requests"], f"{r['tok_s']:.0f}", f"{r['p50_ms']:.0f}",
@@ -105,6 +122,13 @@ def serve_figure(data: dict[str, Any], path: str | Path) -> Path:
         ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    levels = sorted({r["concurrency"] for r in data.get("rows", [])})
+    ax.set_xticks(levels, [str(c) for c in levels])
+    vals = [v for pts in series.values() for _, v in pts if v > 0]
+    if vals:
+        ticks = [t for t in (12.5, 25, 50, 100, 200, 400, 800, 1600, 3200, 6400) if min(vals) / 2 <= t <= max(vals) * 2]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())  # type: ignore[attr-defined]
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("output tokens/s (all clients)")
     ax.set_title("curmoe serve: continuous batching (one run, shared 2-core machine)", fontsize=9)
