@@ -13,8 +13,8 @@ calibration data, 50% of expert parameters), batch 1, greedy, a 16-token prompt 
 - ``curmoe ORT adapter``: ``curmoe.runtimes.load(X.onnx, "onnxruntime:cpu")``.
 
 Every row computes in float32 (OpenVINO ``INFERENCE_PRECISION_HINT=f32``), sparse expert dispatch, ``--threads``
-intra-op threads (``OMP_NUM_THREADS`` is set to the same). Each row reports the best of ``--repeats`` runs (the
-rows interleaved within each repeat, so load from other jobs falls on all of them alike) and the greedy tokens it
+intra-op threads (``OMP_NUM_THREADS`` is set to the same). Each row reports the best and the median of ``--repeats`` runs
+(all ten rows interleaved within each repeat, so load from other jobs falls on all of them alike) and the greedy tokens it
 produced, which must equal the curmoe ORT adapter's up to the first eos (``tokens_agree``; the GenAI stacks
 mask eos to decode every step). This machine is shared and noisy: compare rows
 of one run, not runs. Not a test.
@@ -150,8 +150,8 @@ def tokenizer_agreement(model_dir: Path, tmp: Path, n_lines: int) -> dict:
             **counts}
 
 
-def bench(model: curmoe.Model, name: str, tmp: Path, threads: int, steps: int, repeats: int,
-          prompt: list[int]) -> list[dict]:
+def runners(model: curmoe.Model, name: str, tmp: Path, threads: int, steps: int, prompt: list[int]) -> dict:
+    """{(model name, row): fn() -> (tok/s, tokens[, tpot tok/s])}: every row's exports and sessions, built once."""
     import openvino as ov
     import openvino_genai
 
@@ -164,21 +164,26 @@ def bench(model: curmoe.Model, name: str, tmp: Path, threads: int, steps: int, r
     pipe = openvino_genai.LLMPipeline(str(tmp / f"{name}-ov-genai"), "CPU", **ov_cfg)
     ort = load(onnx_path, "onnxruntime:cpu", threads=threads)
     ovad = load(onnx_path, "openvino:cpu", threads=threads)
-    rows = {
-        "OpenVINO GenAI LLMPipeline": lambda: _ov_genai(pipe, prompt, steps),
-        "OpenVINO stateful IR (make_stateful_ir)": lambda: _stateful(compiled, prompt, steps),
-        "curmoe OpenVINO adapter": lambda: _adapter(ovad, prompt, steps),
-        "ONNX Runtime GenAI": lambda: _ort_genai(tmp / f"{name}-ort-genai", prompt, steps),
-        "curmoe ORT adapter": lambda: _adapter(ort, prompt, steps),
+    return {
+        (name, "OpenVINO GenAI LLMPipeline"): lambda: _ov_genai(pipe, prompt, steps),
+        (name, "OpenVINO stateful IR (make_stateful_ir)"): lambda: _stateful(compiled, prompt, steps),
+        (name, "curmoe OpenVINO adapter"): lambda: _adapter(ovad, prompt, steps),
+        (name, "ONNX Runtime GenAI"): lambda: _ort_genai(tmp / f"{name}-ort-genai", prompt, steps),
+        (name, "curmoe ORT adapter"): lambda: _adapter(ort, prompt, steps),
     }
+
+
+def bench(rows: dict, repeats: int) -> list[dict]:
+    """Every row once per repeat, all rows (both models) interleaved, so that load from other jobs falls on every
+    row alike; best and median of the repeats."""
     for fn in rows.values():
         fn()  # warm-up (first-inference allocations)
-    runs: dict[str, list] = {row: [] for row in rows}
-    for _ in range(repeats):  # rows interleaved, so that load from other jobs falls on every row alike
-        for row, fn in rows.items():
-            runs[row].append(fn())
+    runs: dict[tuple[str, str], list] = {key: [] for key in rows}
+    for _ in range(repeats):
+        for key, fn in rows.items():
+            runs[key].append(fn())
     out = []
-    for row, rs in runs.items():
+    for (name, row), rs in runs.items():
         out.append({"row": row, "model": name, "decode_tok_s": max(r[0] for r in rs),
                     "decode_tok_s_median": float(np.median([r[0] for r in rs])),
                     "decode_tok_s_runs": [r[0] for r in rs], "tokens": rs[0][1]})
@@ -208,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer_lines:
             tok_agreement = tokenizer_agreement(Path(args.model), Path(tmp), args.tokenizer_lines)
             print(json.dumps(tok_agreement, indent=1), flush=True)
+        fns = {}
         for name, m in (("dense", dense), ("cur50", cur)):
-            rows += bench(m, name, Path(tmp), args.threads, args.steps, args.repeats, prompt)
+            fns |= runners(m, name, Path(tmp), args.threads, args.steps, prompt)
+        rows = bench(fns, args.repeats)
     eos = dense.config.eos_token_id
     for name in ("dense", "cur50"):
         ref = next(r["tokens"] for r in rows if r["model"] == name and r["row"] == "curmoe ORT adapter")
