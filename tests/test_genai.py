@@ -286,11 +286,17 @@ def test_byte_level_tokenizer_passes_through(tmp_path):
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                       show_progress=False))
     tok.save(str(tmp_path / "tokenizer.json"))
+    template = "{% for m in messages %}<eos>{{ m['content'] }}{% endfor %}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "bos_token": "<pad>"}))
     m = curmoe.Model.random(baby_config(vocab_size=tok.get_vocab_size(), eos_token_id=1), seed=0, std=0.3)
     m.tokenizer_path = tmp_path / "tokenizer.json"
     assert export_ort_genai(m, tmp_path / "o")["tokenizer_added_pieces"] == 0
     export_ov_genai(m, tmp_path / "v")
     assert json.loads((tmp_path / "o" / "tokenizer.json").read_text()) == json.loads(tok.to_str())
+    cfg = json.loads((tmp_path / "o" / "tokenizer_config.json").read_text())  # the source's template and bos kept
+    assert cfg["chat_template"] == template and cfg["bos_token"] == "<pad>" and cfg["add_bos_token"] is False
+    pipe_tok = ovg.Tokenizer(str(tmp_path / "v"))
+    assert pipe_tok.chat_template == template
     otok = og.Tokenizer(og.Model(str(tmp_path / "o")))
     vtok = ov.compile_model(str(tmp_path / "v" / "openvino_tokenizer.xml"), "CPU")
     vdec = ov.compile_model(str(tmp_path / "v" / "openvino_detokenizer.xml"), "CPU")
