@@ -65,9 +65,10 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.proc = subprocess.Popen([*CLI, "serve", str(model), "--runtime", runtime, "--port", str(self.port),
-                                      "--threads", str(threads), "--served-model-name", "m", "--log-level",
-                                      "warning", *flags], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+        with open(log, "w") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([*CLI, "serve", str(model), "--runtime", runtime, "--port", str(self.port),
+                                          "--threads", str(threads), "--served-model-name", "m", "--log-level",
+                                          "warning", *flags], stdout=out, stderr=subprocess.STDOUT, env=env)
         end = time.monotonic() + 300
         while time.monotonic() < end:
             if self.proc.poll() is not None:

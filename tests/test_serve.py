@@ -7,8 +7,8 @@ Three servers start once (in parallel) for the module:
   sampling, every malformed request, /metrics;
 - ``ref``: the same checkpoint on the NumPy reference runtime with a chat template attached beside the tokenizer
   and an API key: identity among 31 others on the reference, chat completions, authentication;
-- ``tight``: the reference runtime with 1 slot, a queue of 1 and a 0.6 s queue timeout (a reference decode step of
-  the tiny model takes 10-20 ms, so a 120-token request holds the slot 1.2-2.4 s): 429 and 503 naming their limits,
+- ``tight``: the reference runtime with 1 slot, a queue of 1 and a 0.2 s queue timeout (a reference decode step of
+  the tiny model takes 5-20 ms, so a 127-token request holds the slot 0.6-2.5 s): 429 and 503 naming their limits,
   disconnects freeing the slot, and graceful shutdown (SIGTERM while a stream runs: the stream finishes).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -70,7 +69,8 @@ class Server:
         self.log = log
         cmd = [*CLI, "serve", str(model), "--port", str(self.port),
                "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+        with open(log, "w") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 60) -> Server:
         end = time.monotonic() + timeout
@@ -118,7 +118,7 @@ def servers(tmp_path_factory):
         "ref": Server(chat_dir, "--runtime", "reference", "--api-key", KEY, "--served-model-name", MODEL,
                       env=env, log=tmp / "ref.log"),
         "tight": Server(TINY, "--runtime", "reference", "--max-batch", "1", "--max-queue", "1",
-                        "--queue-timeout", "0.6", "--shutdown-timeout", "20", env=env, log=tmp / "tight.log"),
+                        "--queue-timeout", "0.2", "--shutdown-timeout", "20", env=env, log=tmp / "tight.log"),
     }
     from curmoe.runtimes.serve.model import resolve_model
 
@@ -337,7 +337,7 @@ def _wait(pred, timeout: float = 10) -> bool:
 
 
 def _long(srv, **kw):
-    return httpx.post(srv.url + "/v1/completions", json={"model": MODEL, "prompt": "the", "max_tokens": 120,
+    return httpx.post(srv.url + "/v1/completions", json={"model": MODEL, "prompt": "the", "max_tokens": 127,
                                                           "temperature": 0, "ignore_eos": True} | kw, timeout=60)
 
 
@@ -348,33 +348,32 @@ def _tokens_out(srv) -> float:
 
 def test_queue_full_429_and_queue_timeout_503(servers):
     srv = servers["tight"]
-    with ThreadPoolExecutor(2) as ex:
-        a = ex.submit(_long, srv)  # holds the only slot 1.2 s or more
+    with ThreadPoolExecutor(3) as ex:
+        a = ex.submit(_long, srv)  # holds the only slot for 127 reference steps (0.6 s quiet, more under load)
         assert _wait(lambda: srv.health()["active_sequences"] == 1)
-        b = ex.submit(_long, srv, max_tokens=2)  # waits in the queue, then times out
-        assert _wait(lambda: srv.health()["queue_depth"] == 1)
-        c = _long(srv, max_tokens=2)  # the queue is full
-        assert c.status_code == 429 and c.headers["retry-after"] == "1"
-        assert "queue limit is 1 (--max-queue 1)" in c.json()["error"]["message"]
-        rb, ra = b.result(), a.result()
-    assert rb.status_code == 503, rb.text
-    assert "--queue-timeout 0.6" in rb.json()["error"]["message"]
-    assert ra.status_code == 200 and ra.json()["usage"]["completion_tokens"] == 120
+        # two more at once: whichever comes first waits in the queue (and times out), the other finds it full
+        bc = [ex.submit(_long, srv, max_tokens=2) for _ in range(2)]
+        rs = sorted((f.result() for f in bc), key=lambda r: r.status_code)
+        ra = a.result()
+    assert [r.status_code for r in rs] == [429, 503], [r.text for r in rs]
+    assert rs[0].headers["retry-after"] == "1" and "queue limit is 1 (--max-queue 1)" in rs[0].json()["error"]["message"]
+    assert "--queue-timeout 0.2" in rs[1].json()["error"]["message"]
+    assert ra.status_code == 200 and ra.json()["usage"]["completion_tokens"] == 127
 
 
 def test_disconnect_frees_the_slot(servers):
     srv = servers["tight"]
     before = _tokens_out(srv)
     with httpx.stream("POST", srv.url + "/v1/completions", timeout=30,
-                      json={"model": MODEL, "prompt": "the", "max_tokens": 100, "temperature": 0,
+                      json={"model": MODEL, "prompt": "the", "max_tokens": 127, "temperature": 0,
                             "ignore_eos": True, "stream": True}) as r:
         next(r.iter_lines())  # the first token arrived; now hang up
     assert _wait(lambda: srv.health()["active_sequences"] == 0, 5)
     with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
-        httpx.post(srv.url + "/v1/completions", timeout=0.3, json={
-            "model": MODEL, "prompt": "the", "max_tokens": 100, "temperature": 0, "ignore_eos": True})
+        httpx.post(srv.url + "/v1/completions", timeout=0.2, json={
+            "model": MODEL, "prompt": "the", "max_tokens": 127, "temperature": 0, "ignore_eos": True})
     assert _wait(lambda: srv.health()["active_sequences"] == 0, 5)
-    assert _tokens_out(srv) - before < 150  # both were cut short of their 2 x 100 tokens
+    assert _tokens_out(srv) - before < 200  # both were cut short of their 2 x 127 tokens
     assert _long(srv, max_tokens=3).status_code == 200  # the slot is free again
 
 
