@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from curmoe.common.errors import CheckpointError, InvalidInputError
 from curmoe.common.io import read_json
 from curmoe.compress._calibration import LayerCalibration, calibrate_layer, check_calib_ids
-from curmoe.compress._compress import _METHODS, Config, _compress_unit, _compressed_config, _units
+from curmoe.compress._compress import _METHODS, _SPEC_KEYS, Config, _compress_unit, _compressed_config, _units
 from curmoe.compress._manifest import Manifest
 from curmoe.compress._shards import (
     INDEX_FILE,
@@ -89,8 +89,6 @@ def _linear_from(spec: dict[str, Any] | None, t: dict[str, np.ndarray]) -> Linea
 
 
 def _spec(rec: dict[str, Any]) -> dict[str, Any]:
-    from curmoe.compress._compress import _SPEC_KEYS
-
     return {f: rec[f] for f in _SPEC_KEYS if f in rec}
 
 
@@ -154,14 +152,10 @@ class _Job:
     # Layers ---------------------------------------------------------------------------------------------------
     def _dense_layer(self, l: int) -> _LayerModel:
         """Layer l as in the source: its tensors and dense experts, in the compute dtype."""
-        t = {n: self.source.read(n, self._cast) for n in self.layer_tensors.get(l, [])}
-        e = {f"{p}.{m}": DenseLinear(self.source.read(f"{p}.{m}.weight", self._cast))
+        t = {n: self.source.read(n, self.dtype) for n in self.layer_tensors.get(l, [])}
+        e = {f"{p}.{m}": DenseLinear(self.source.read(f"{p}.{m}.weight", self.dtype))
              for p in self.prefixes.get(l, []) for m in ("gate", "up", "down") if f"{p}.{m}.weight" in self.source.info}
         return _LayerModel(self.cfg, t, e, self.dtype, self._storage_np)
-
-    @property
-    def _cast(self) -> np.dtype | None:
-        return self.dtype
 
     @property
     def _storage_np(self) -> np.dtype | None:
@@ -213,13 +207,13 @@ class _Job:
                 continue
             if self.method.unit == "matrix" and key in self.todo:
                 one = model if model is not None else _LayerModel(
-                    self.cfg, {}, {key: DenseLinear(self.source.read(f"{key}.weight", self._cast))}, self.dtype,
+                    self.cfg, {}, {key: DenseLinear(self.source.read(f"{key}.weight", self.dtype))}, self.dtype,
                     self._storage_np)
                 lins, r = _compress_unit(one, self.config, self.method, key, lc, None, None)
                 new |= lins
                 recs |= r
             else:
-                new[key] = model.experts[key] if model is not None else DenseLinear(self.source.read(f"{key}.weight", self._cast))
+                new[key] = model.experts[key] if model is not None else DenseLinear(self.source.read(f"{key}.weight", self.dtype))
         out: dict[str, Linear] = {}
         tensors: dict[str, tuple[np.ndarray, bool]] = {}
         for key, lin in new.items():
@@ -245,7 +239,7 @@ class _Job:
             bar.update(1)
         hidden = None
         if self.ids is not None:
-            hidden = self.source.read("embed.weight", self._cast)[self.ids]  # (B, T, d)
+            hidden = self.source.read("embed.weight", self.dtype)[self.ids]  # (B, T, d)
         for l in range(cfg.n_layers):
             later = [u for u in units[units.index(f"layers.{l}") :] if mf.done(u) is None]
             if not later:
