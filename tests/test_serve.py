@@ -7,9 +7,10 @@ Three servers start once (in parallel) for the module:
   sampling, every malformed request, /metrics;
 - ``ref``: the same checkpoint on the NumPy reference runtime with a chat template attached beside the tokenizer
   and an API key: identity among 31 others on the reference, chat completions, authentication;
-- ``tight``: the reference runtime with 1 slot, a queue of 1 and a 0.2 s queue timeout (a reference decode step of
-  the tiny model takes 5-20 ms, so a 127-token request holds the slot 0.6-2.5 s): 429 and 503 naming their limits,
-  disconnects freeing the slot, and graceful shutdown (SIGTERM while a stream runs: the stream finishes).
+- ``tight``: 1 slot, a queue of 1 and a 0.5 s queue timeout, on a runtime registered by the test in the server
+  process (``slow``: ONNX Runtime with a 20 ms sleep before every run, so a 127-token request holds the slot for
+  2.5 s or more whatever the machine's load): 429 and 503 naming their limits, disconnects freeing the slot, and
+  graceful shutdown (SIGTERM while a stream runs: the stream finishes).
 """
 
 from __future__ import annotations
@@ -62,12 +63,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# an adapter module for the ``slow`` runtime: ONNX Runtime, sleeping ``target`` seconds before every run
+SLOW_ADAPTER = """
+import time
+from curmoe.runtimes import load as _load
+
+def devices(target):
+    return ["cpu"]
+
+class Slow:
+    def __init__(self, inner, delay):
+        self.inner, self.delay, self.path = inner, delay, inner.path
+        self.inputs, self.outputs, self.metadata = inner.inputs, inner.outputs, inner.metadata
+
+    def run(self, feeds, outputs=None):
+        time.sleep(self.delay)
+        return self.inner.run(feeds, outputs)
+
+    def info(self):
+        return self.inner.info()
+
+def load(path, target, name=None, threads=None, **kw):
+    return Slow(_load(path, "onnxruntime:cpu", threads=threads), float(target))
+"""
+SLOW_CLI = [sys.executable, "-c", "import sys; from curmoe.runtimes import RuntimeEntry, register; "
+            "register('slow', RuntimeEntry('curmoe_test_slowrt', 'numpy', 'test', '0.02')); "
+            "from curmoe.app.cli import main; sys.exit(main())"]
+
+
 class Server:
-    def __init__(self, model: Path, *args: str, env: dict[str, str], log: Path) -> None:
+    def __init__(self, model: Path, *args: str, env: dict[str, str], log: Path, cli: list[str] = CLI) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        cmd = [*CLI, "serve", str(model), "--port", str(self.port),
+        cmd = [*cli, "serve", str(model), "--port", str(self.port),
                "--log-level", "warning", *args]
         with open(log, "w") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -117,12 +146,14 @@ def servers(tmp_path_factory):
     s = {  # the reference servers start while the checkpoint is exported for the ONNX Runtime one
         "ref": Server(chat_dir, "--runtime", "reference", "--api-key", KEY, "--served-model-name", MODEL,
                       env=env, log=tmp / "ref.log"),
-        "tight": Server(TINY, "--runtime", "reference", "--max-batch", "1", "--max-queue", "1",
-                        "--queue-timeout", "0.2", "--shutdown-timeout", "20", env=env, log=tmp / "tight.log"),
     }
     from curmoe.runtimes.serve.model import resolve_model
 
-    onnx, _ = resolve_model(TINY, "onnxruntime:cpu")  # export once: the server below finds it in the cache
+    onnx, _ = resolve_model(TINY, "onnxruntime:cpu")  # export once: the servers below find it in the cache
+    (tmp / "curmoe_test_slowrt.py").write_text(SLOW_ADAPTER)
+    slow_env = env | {"PYTHONPATH": os.pathsep.join([str(tmp), env.get("PYTHONPATH", "")])}
+    s["tight"] = Server(TINY, "--runtime", "slow", "--max-batch", "1", "--max-queue", "1", "--queue-timeout", "0.5",
+                        "--shutdown-timeout", "20", env=slow_env, log=tmp / "tight.log", cli=SLOW_CLI)
     s["ort"] = Server(TINY, "--runtime", "onnxruntime:cpu", "--threads", "1", "--max-body-bytes", "4096",
                       "--max-prompt-tokens", "40", "--max-tokens-limit", "100", env=env, log=tmp / "ort.log")
     try:
@@ -349,7 +380,7 @@ def _tokens_out(srv) -> float:
 def test_queue_full_429_and_queue_timeout_503(servers):
     srv = servers["tight"]
     with ThreadPoolExecutor(3) as ex:
-        a = ex.submit(_long, srv)  # holds the only slot for 127 reference steps (0.6 s quiet, more under load)
+        a = ex.submit(_long, srv)  # holds the only slot for 127 steps of >= 20 ms
         assert _wait(lambda: srv.health()["active_sequences"] == 1)
         # two more at once: whichever comes first waits in the queue (and times out), the other finds it full
         bc = [ex.submit(_long, srv, max_tokens=2) for _ in range(2)]
@@ -357,7 +388,7 @@ def test_queue_full_429_and_queue_timeout_503(servers):
         ra = a.result()
     assert [r.status_code for r in rs] == [429, 503], [r.text for r in rs]
     assert rs[0].headers["retry-after"] == "1" and "queue limit is 1 (--max-queue 1)" in rs[0].json()["error"]["message"]
-    assert "--queue-timeout 0.2" in rs[1].json()["error"]["message"]
+    assert "--queue-timeout 0.5" in rs[1].json()["error"]["message"]
     assert ra.status_code == 200 and ra.json()["usage"]["completion_tokens"] == 127
 
 

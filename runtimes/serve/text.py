@@ -136,13 +136,11 @@ class StreamDecoder:
         if not self.incremental:
             return ""
         text = self.codec.decode(self.ids)
-        for s in self.stop:
-            # a stop string can only be new if it ends in the unsent part
-            pos = text.find(s, max(0, len(self.sent) - len(s) + 1))
-            if pos >= 0:
-                text, self.stopped = text[:pos], True
-        if self.stopped:
-            return self._emit(text)
+        # the earliest stop string (one can only be new if it ends in the unsent part)
+        found = [p for s in self.stop if (p := text.find(s, max(0, len(self.sent) - len(s) + 1))) >= 0]
+        if found:
+            self.stopped = True
+            return self._emit(text[:min(found)])
         hold = 1 if text.endswith("\ufffd") else 0
         for s in self.stop:
             for k in range(min(len(s) - 1, len(text)), 0, -1):
