@@ -49,7 +49,8 @@ import numpy as np
 from curmoe.common.errors import InvalidInputError, require
 from curmoe.eval import token_nll
 from curmoe.exporters.onnx import with_routing_outputs
-from curmoe.reference import Model
+from curmoe.reference import Model, ModelConfig, expected_tensors, is_large, read_config
+from curmoe.reference import load as load_model
 from curmoe.reference.names import routing_logits, routing_selected
 from curmoe.routing import RouterConfig, route
 from curmoe.runtimes._registry import load
@@ -195,7 +196,7 @@ def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
 
 def validate(
     onnx_path: str | os.PathLike[str],
-    model: Model,
+    model: Model | str | os.PathLike[str],
     runtime: str = "onnxruntime:cpu",
     *,
     prompt_lengths: tuple[int, ...] = (1, 7, 24),
@@ -210,7 +211,8 @@ def validate(
     Args:
         onnx_path: an exported curmoe ONNX file or OpenVINO IR ``.xml`` (a Core ML ``.mlpackage``:
             :func:`curmoe.runtimes.adapters.coreml.validate_coreml`).
-        model: the :class:`curmoe.Model` it was exported from (run as the float64 oracle).
+        model: the :class:`curmoe.Model` it was exported from (run as the float64 oracle), or its directory:
+            then the runtime is opened before the model is read, so their load-time peaks do not add up.
         runtime: a registry name (``curmoe.runtimes.available()``).
         prompt_lengths: lengths of the single-sequence prompts.
         batch_lengths: real lengths of the left-padded batch (one sequence each).
@@ -220,43 +222,61 @@ def validate(
         session_options: passed to :func:`curmoe.runtimes.load` (threads, optimization, ...).
     """
     path = Path(onnx_path)
-    if not isinstance(model, Model):
-        raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
-    # a large model is held three times otherwise (checkpoint, runtime weights, pre-packed runtime weights)
-    session_options.setdefault("low_memory", model.is_large())
+    if not isinstance(model, (Model, str, os.PathLike)):
+        raise InvalidInputError(f"model must be a curmoe.Model or its directory, got {type(model).__name__}")
     if not path.is_file():
         raise InvalidInputError(f"model file {str(path)!r} does not exist; export one with curmoe.exporters.export")
+    # Given a directory, the runtime opens first and the reference is read after: a runtime's load (ORT reading
+    # external data, OpenVINO compiling) briefly holds the weights twice, and the NumPy model is not there yet.
+    config = model.config if isinstance(model, Model) else read_config(model)
+    cases = _Cases(tuple(prompt_lengths), tuple(batch_lengths), decode_steps, sample_ids, seed)
     if path.suffix == ".xml":  # OpenVINO IR: curmoe metadata in its rt_info, routing outputs added at export
-        sess = load(path, runtime, **session_options)
-        _check_exported_from(sess.metadata, model, path)
+        sess = _open(path, runtime, model, session_options)
+        _check_exported_from(sess.metadata, config, path)
         dtype = json.loads(sess.metadata.get("curmoe.export", "{}")).get("dtype", "float32")
-        cases = _Cases(tuple(prompt_lengths), tuple(batch_lengths), decode_steps, sample_ids, seed)
-        return _run_cases(sess, model, cases, runtime=runtime, path=path, dtype=dtype, tol=tolerance_for(dtype))
+        ref = _reference(model)
+        return _run_cases(sess, ref, cases, runtime=runtime, path=path, dtype=dtype, tol=tolerance_for(dtype))
     proto, meta, _, _ = _read_meta(path)
-    _check_exported_from(meta, model, path)
+    _check_exported_from(meta, config, path)
     export = json.loads(meta.get("curmoe.export", "{}"))
     dtype = export.get("dtype", "float32")
     tol = tolerance_for(dtype)
-    aug = with_routing_outputs(path, proto, model.config)
+    aug = with_routing_outputs(path, proto, config)
     del proto
     try:
-        sess = load(aug or path, runtime, **session_options)
-        cases = _Cases(tuple(prompt_lengths), tuple(batch_lengths), decode_steps, sample_ids, seed)
-        report = _run_cases(sess, model, cases, runtime=runtime, path=path, dtype=dtype, tol=tol)
+        sess = _open(aug or path, runtime, model, session_options)
+        report = _run_cases(sess, _reference(model), cases, runtime=runtime, path=path, dtype=dtype, tol=tol)
     finally:
         if aug is not None:
             aug.unlink(missing_ok=True)
     return report
 
 
-def _check_exported_from(meta: dict[str, str], model: Model, path: str | os.PathLike[str]) -> None:
-    """Refuse a file whose ``curmoe.config`` metadata is not ``model``'s config (validation would compare two
-    different models)."""
-    if "curmoe.config" in meta and json.loads(meta["curmoe.config"]) != json.loads(model.config.to_json()):
+def _check_exported_from(meta: dict[str, str], config: ModelConfig, path: str | os.PathLike[str]) -> None:
+    """Refuse a file whose ``curmoe.config`` metadata is not ``config`` (validation would compare two different
+    models)."""
+    if "curmoe.config" in meta and json.loads(meta["curmoe.config"]) != json.loads(config.to_json()):
         raise InvalidInputError(
             f"{str(path)!r} was exported from a different model config than the one passed; pass the model it "
             "was exported from (compare metadata 'curmoe.config')"
         )
+
+
+def _is_large(model: Model | str | os.PathLike[str], config: ModelConfig) -> bool:
+    """:meth:`Model.is_large` of the model, or of the one a directory holds (counted from its config)."""
+    if isinstance(model, Model):
+        return model.is_large()
+    return is_large(sum(int(np.prod(shape)) for shape, kind in expected_tensors(config).values() if kind == "float"))
+
+
+def _open(path: Path, runtime: str, model: Model | str | os.PathLike[str], options: dict[str, Any]) -> Session:
+    """The runtime session; for a large model without pre-packed (second) copies of the weights."""
+    config = model.config if isinstance(model, Model) else read_config(model)
+    return load(path, runtime, **({"low_memory": _is_large(model, config)} | options))
+
+
+def _reference(model: Model | str | os.PathLike[str]) -> Model:
+    return model if isinstance(model, Model) else load_model(model)
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,18 @@ def test_validate_of_a_large_model_is_lazy_and_low_memory(tmp_path, monkeypatch:
     assert small.passed and large.passed
     assert small.info["low_memory"] is False and large.info["low_memory"] is True
     assert abs(large.max_rel_err - small.max_rel_err) < 1e-5 and large.ppl_ref == small.ppl_ref
+
+
+def test_validate_takes_the_model_directory(tmp_path) -> None:
+    """validate(file, MODEL_DIR) opens the runtime first, then reads the model: the same report as with the Model."""
+    from curmoe.exporters import OnnxExportConfig, export
+    from curmoe.runtimes import validate
+
+    m = baby_model(dtype=np.float32, **VARIANTS["qwen2_moe"])
+    d = m.save(tmp_path / "m")
+    p = export(m, OnnxExportConfig(), tmp_path / "m.onnx")
+    a, b = validate(p, m, "onnxruntime:cpu", seed=3), validate(p, d, "onnxruntime:cpu", seed=3)
+    assert a.passed and b.passed and a.max_abs_err == b.max_abs_err and a.ppl_ref == b.ppl_ref
+    other = baby_model(dtype=np.float32, seed=1, **VARIANTS["mixtral"]).save(tmp_path / "other")
+    with pytest.raises(curmoe.InvalidInputError, match="different model config"):
+        validate(p, other, "onnxruntime:cpu")

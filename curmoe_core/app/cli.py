@@ -487,13 +487,13 @@ def _validate(args: argparse.Namespace) -> int:
     _check_runtime_reads(runtime, args.file)
     _check_onnx_readable(args.file)
     opts = {} if args.threads is None else {"threads": args.threads}
-    model = _load_model(args.model)
     if args.file.rstrip("/").endswith(".mlpackage"):  # a Core ML package: same cases without the cached decode
         from curmoe.runtimes.adapters.coreml import validate_coreml
 
-        rep = validate_coreml(args.file.rstrip("/"), model, runtime, seed=args.seed).to_dict()
-    else:
-        rep = validate(args.file, model, runtime, seed=args.seed, **opts).to_dict()
+        rep = validate_coreml(args.file.rstrip("/"), _load_model(args.model), runtime, seed=args.seed).to_dict()
+    else:  # the model's directory: the runtime opens before the reference is read (their load peaks do not add)
+        _check_model_config(args.model)
+        rep = validate(args.file, args.model, runtime, seed=args.seed, **opts).to_dict()
     rep.pop("cases", None)
     _emit(rep, args.json, lambda r: (
         f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "

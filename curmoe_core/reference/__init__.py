@@ -11,9 +11,9 @@ from curmoe.reference._attention import KVCache
 from curmoe.reference._causal import causal_twin
 from curmoe.reference._config import ModelConfig, MoEConfig
 from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
-from curmoe.reference._model import Model, ModelOutput, load
+from curmoe.reference._model import Model, ModelOutput, is_large, load, read_config
 from curmoe.reference._moe import expert_forward
 from curmoe.reference.names import expected_tensors, expert_keys
 
-__all__ = ["Model", "ModelOutput", "ModelConfig", "MoEConfig", "KVCache", "Linear", "DenseLinear", "CURLinear",
+__all__ = ["Model", "ModelOutput", "read_config", "is_large", "ModelConfig", "MoEConfig", "KVCache", "Linear", "DenseLinear", "CURLinear",
            "SVDLinear", "NeuronLinear", "load", "causal_twin", "expert_forward", "expert_keys", "expected_tensors"]

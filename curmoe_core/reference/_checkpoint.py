@@ -30,7 +30,7 @@ from curmoe.reference._config import ModelConfig
 from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
 from curmoe.reference.names import expected_tensors, expert_keys
 
-__all__ = ["read_checkpoint", "write_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "INDEX_FILE", "TOKENIZER_FILE"]
+__all__ = ["read_checkpoint", "read_config", "write_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "INDEX_FILE", "TOKENIZER_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ def _read_config(path: Path) -> ModelConfig:
         return ModelConfig.from_dict(d)
     except (InvalidInputError, TypeError) as e:
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r} does not describe a valid model: {e}") from e
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` of a model directory, without reading its weights."""
+    return _read_config(Path(path))
 
 
 def _read_tensors(f: Path) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from curmoe.reference._attention import KVCache, attention
 from curmoe.reference._checkpoint import (
     TOKENIZER_FILE,
     read_checkpoint,
+    read_config,
     write_checkpoint,
 )
 from curmoe.reference._config import ModelConfig
@@ -28,12 +29,18 @@ from curmoe.reference._upcast import Float64Experts, Float64Tensors
 from curmoe.reference.names import expected_tensors
 from curmoe.routing import Routing
 
-__all__ = ["Model", "ModelOutput", "load", "LAZY_ORACLE_BYTES"]
+__all__ = ["Model", "ModelOutput", "load", "read_config", "is_large", "LAZY_ORACLE_BYTES"]
 
 log = logging.getLogger(__name__)
 
 # Above this many bytes of float64 weights, Model.oracle() upcasts layer by layer instead of copying the model.
 LAZY_ORACLE_BYTES = 1 << 30
+
+
+def is_large(n_params: int) -> bool:
+    """More than ``LAZY_ORACLE_BYTES`` of weights in float64: the size above which the oracle upcasts layer by
+    layer and validation asks runtimes not to keep second copies of the weights."""
+    return 8 * n_params > LAZY_ORACLE_BYTES
 
 
 @dataclass(frozen=True)
@@ -99,9 +106,8 @@ class Model:
         return self.tensors["embed.weight"].dtype
 
     def is_large(self) -> bool:
-        """More than ``LAZY_ORACLE_BYTES`` of weights in float64: the size above which the oracle upcasts layer by
-        layer and validation asks runtimes not to keep second copies of the weights."""
-        return 8 * self.n_params() > LAZY_ORACLE_BYTES
+        """:func:`is_large` of this model's parameter count."""
+        return is_large(self.n_params())
 
     def oracle(self, *, lazy: bool | None = None) -> Model:
         """This model computing in float64: the oracle runtimes are validated against.

@@ -208,7 +208,7 @@ def validate_coreml(package: str | os.PathLike[str], model: Model, runtime: str 
         raise InvalidInputError(f"model must be a curmoe.Model, got {type(model).__name__}")
     sess = registry_load(package, runtime, **session_options)
     meta = sess.metadata
-    _check_exported_from(meta, model, package)
+    _check_exported_from(meta, model.config, package)
     if not any(o.name.startswith("routing.") for o in sess.outputs):
         log.warning("%s has no routing outputs (exported with routing_outputs=False): routing agreement not measured",
                     package)
