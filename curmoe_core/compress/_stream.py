@@ -256,11 +256,13 @@ class _Job:
                                         for p in experts_todo):
                     lc = calibrate_layer(model, l, hidden, self.ids, batch_size=self.batch_size, progress=self.progress)
             compressed: dict[str, Linear] = {}
+            keep = hidden is not None and self.config.sequential
             for p in self.prefixes.get(l, []):
                 if p not in mine:
                     continue
                 lins, recs, tensors = self._expert(model, p, lc)
-                compressed |= lins
+                if keep:  # only sequential calibration runs this layer again, compressed; otherwise drop them now
+                    compressed |= lins
                 params = {k: int(lin.n_params) for k, lin in lins.items()}
                 self._write(p, tensors, records=recs, params=params)
                 bar.update(1)
