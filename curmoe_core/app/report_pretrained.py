@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["pretrained_page", "PRETRAINED_SOURCE"]
+from curmoe.app.report_tables import table as _table
+
+__all__ = ["PRETRAINED_SOURCE", "pretrained_page"]
 
 PRETRAINED_SOURCE = ("pretrained.json", "python benchmarks/pretrained.py")
 METHOD_NOTES = {
@@ -19,12 +21,6 @@ METHOD_NOTES = {
 }
 CUR = ("cur-neuron global", "cur-deim aware")
 SVD = ("svd-llm", "svd")
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    sep = ["---"] + ["---:"] * (len(head) - 1)
-    return "\n".join(["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
-                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def _f(x: float | None, d: int = 2) -> str:
@@ -129,6 +125,23 @@ def _sweep(s: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _calib_check(c: dict[str, Any] | None, main: dict[str, Any] | None) -> list[str]:
+    """The same methods with more calibration tokens (a ``sweep`` block run with another --calib-tokens)."""
+    if not c or not c.get("rows"):
+        return []
+    base = {(r["method"], r["ratio_target"]): r for r in (main or {}).get("rows", [])}
+    rows = []
+    for r in c["rows"]:
+        if r["method"] == "dense" or "valid" not in r:
+            continue
+        b = base.get((r["method"], r["ratio_target"]))
+        rows.append([r["method"], f"{r['ratio_target']:.0%}", _f(b["valid"]["ppl_token"]) if b else "-",
+                     _f(r["valid"]["ppl_token"]), _f(r["mean_output_error"], 3)])
+    return ["## Calibration size", "", f"The same methods with {c.get('calib')} (valid, same prefix):", "",
+            _table(["method", "target", "valid ppl, sweep calibration", "valid ppl, this calibration",
+                    "mean output error"], rows), "", _source(c), ""]
+
+
 def pretrained_page(data: dict[str, Any]) -> str:
     """Markdown page for the pretrained-model results (``benchmarks/pretrained.py`` output)."""
     card = (data.get("agreement") or {}).get("model_card", "")
@@ -144,4 +157,5 @@ def pretrained_page(data: dict[str, Any]) -> str:
     ]
     lines += _agreement(data.get("agreement"))
     lines += _sweep(data.get("sweep"))
+    lines += _calib_check(data.get("calib_check"), data.get("sweep"))
     return "\n".join(lines).rstrip() + "\n"
