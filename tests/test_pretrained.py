@@ -118,6 +118,8 @@ def test_pretrained_page_formats_both_blocks_and_says_who_wins():
     assert "**CUR is better** (1.94x)" in page and "70% of FFN parameters removed" in page
     assert "**SVD is better**" in page and "non-overlapping windows" in page and "`abc1234`" in page
     assert "No compression sweep yet" in pretrained_page({"agreement": None})
+    data["calib_check"] = {"rows": [row("cur-neuron global", 0.5, 12.0)], "calib": "8k tokens", "provenance": prov}
+    assert "| cur-neuron global | 50% | 15.00 | 12.00 |" in pretrained_page(data)
 
 
 def test_convert_command_takes_a_pretrained_name(monkeypatch, tmp_path, capsys):
