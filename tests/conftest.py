@@ -15,6 +15,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never write the user's cache (~/.cache/curmoe): one temporary $CURMOE_CACHE_DIR for the session
+    (shared, so a converted pretrained model or an exported serve model is made once per run)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CURMOE_CACHE_DIR", str(tmp_path_factory.mktemp("curmoe-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def wikitext2() -> None:
     """Skip the test unless WikiText-2 is available (``$CURMOE_DATA_DIR``; .ci/run sets it)."""

@@ -147,7 +147,31 @@ def data_dir(tmp_path: Path) -> Path:
     write_results(d / "gating.json", gating_data())
     write_results(d / "runtime.json", runtime_data())
     write_results(d / "interpret.json", interpret_data())
+    write_results(d / "memory.json", memory_data())
+    for name in ("serve.json", "pretrained.json"):  # their pages are tested with their benchmarks; real data here
+        (d / name).write_text((ROOT / "docs/results/data" / name).read_text())
     return d
+
+
+def memory_data() -> dict:
+    row = dict(rc=0, wall_s=12.0, peak_rss=3 * 2**30, x_fp32=1.5, target=2.0, met=True,
+               command="curmoe export M --format onnx -o m.onnx")
+    return {"provenance": _prov("python benchmarks/memory.py"), "machine_mem_gib": 23.4,
+            "model": {"n_params": 2**29, "fp32_bytes": 2**31, "config": "x"},
+            "rows": [{"name": "export-onnx"} | row,
+                     {"name": "validate-ort"} | row | dict(x_fp32=2.75, target=2.5, met=False)],
+            "validation": {"onnxruntime:cpu, correct export": {"runs": 10, "passed": 10},
+                           "onnxruntime:cpu, corrupted export": {"runs": 10, "passed": 0}}}
+
+
+def test_memory_page(data_dir: Path) -> None:
+    report(data_dir)
+    page = (data_dir.parent / "memory.md").read_text()
+    assert "| `export-onnx` | ONNX, weights in external data | 3.00 | 1.50x | <= 2.0x | yes | 12 |" in page
+    assert "| `validate-ort` |" in page and "| 2.75x | <= 2.5x | no |" in page
+    # capacity: 16 GiB / 1.5 = 10.7 GiB of float32 model for export; 16 / 2.75 = 5.8 for validate
+    assert "| `export-onnx` | 10.7 |" in page and "| `validate-ort` | 5.8 |" in page
+    assert "| onnxruntime:cpu, corrupted export | 10 | 0 |" in page
 
 
 def test_pages_state_the_numbers_and_commands(data_dir: Path) -> None:

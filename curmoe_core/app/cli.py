@@ -170,7 +170,7 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-tokens", type=int, default=16384, help="calibration tokens (default: %(default)s)")
     p.add_argument("--no-calib-cache", action="store_true",
                    help="calibrate again instead of reusing statistics stored for the same model, text and token "
-                        "count ($CURMOE_CACHE_DIR, default ~/.cache/curmoe/calib; reused across methods and ratios)")
+                        "count ($CURMOE_CACHE_DIR/calib, default ~/.cache/curmoe/calib; reused across methods and ratios)")
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
     p.add_argument("--include-shared", action="store_true", help="compress shared experts too")
     p.add_argument("--fold-u", action="store_true", help="cur: fold U into C (C then holds no real columns)")

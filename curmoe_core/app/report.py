@@ -27,13 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from curmoe.app.report_memory import memory_page
+from curmoe.app.report_pretrained import pretrained_page
+from curmoe.app.report_serve import serve_figure, serve_page
 from curmoe.app.report_tables import source as _source
 from curmoe.app.report_tables import table as _table
 from curmoe.app.results import read_results
 from curmoe.common.errors import InvalidInputError
 from curmoe.common.io import atomic_write
 
-__all__ = ["report", "load_results", "SOURCES", "README_BEGIN", "README_END"]
+__all__ = ["README_BEGIN", "README_END", "SOURCES", "load_results", "report"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,10 @@ SOURCES = {
     "gating": ("gating.json", "python benchmarks/gating.py"),
     "runtime": ("runtime.json", "python benchmarks/runtime.py --json-file docs/results/data/runtime.json"),
     "interpret": ("interpret.json", "python benchmarks/interpret.py"),
+    "memory": ("memory.json", "python benchmarks/memory.py --model /tmp/olmoe-2l --make "
+                              "--out docs/results/data/memory.json"),
+    "serve": ("serve.json", "python benchmarks/serve.py --json-file docs/results/data/serve.json"),
+    "pretrained": ("pretrained.json", "python benchmarks/pretrained.py"),
 }
 # Healed rows may come from a second run of benchmarks/compression.py (--methods "... +heal"), merged into the
 # compression page when present.
@@ -920,7 +927,8 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
         log.warning("no %s results (%s); its page says how to make them", n, SOURCES[n][0])
     written: list[Path] = []
     pages = {"compression": "compression.md", "gating": "gating.md", "runtime": "runtime.md",
-             "interpret": "interpretability.md"}
+             "interpret": "interpretability.md", "memory": "memory.md", "serve": "serve.md",
+             "pretrained": "pretrained.md"}
     for name, page in pages.items():
         d = results.get(name)
         if d is None:
@@ -934,6 +942,13 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
         elif name == "runtime":
             text = runtime_page(d, "runtime.png")
             written.append(figs.runtime_figure(d, out / "runtime.png"))
+        elif name == "memory":
+            text = memory_page(d)
+        elif name == "serve":
+            text = serve_page(d, "serve.png")
+            written.append(serve_figure(d, out / "serve.png"))
+        elif name == "pretrained":
+            text = pretrained_page(d)
         else:
             text, made = interpret_outputs(d, out)
             written += made

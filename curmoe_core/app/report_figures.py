@@ -14,8 +14,16 @@ import numpy as np
 from curmoe.common.errors import require
 from curmoe.common.io import atomic_write
 
-__all__ = ["compression_figure", "gating_figure", "runtime_figure", "profile_figure", "jaccard_figure",
-           "ratio_figure", "neuron_profile_figure", "neuron_k_figure"]
+__all__ = [
+    "compression_figure",
+    "gating_figure",
+    "jaccard_figure",
+    "neuron_k_figure",
+    "neuron_profile_figure",
+    "profile_figure",
+    "ratio_figure",
+    "runtime_figure",
+]
 
 METHOD_ORDER = ("cur-neuron global", "cur-neuron", "cur-neuron global seq", "svd-llm", "svd-llm global", "svd-llm seq",
                 "svd", "cur-deim whitened", "cur-deim aware", "cur-deim", "cur-leverage", "cur-seed (poster)")

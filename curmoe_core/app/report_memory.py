@@ -7,7 +7,7 @@ from typing import Any
 from curmoe.app.report_tables import source as _source
 from curmoe.app.report_tables import table as _table
 
-__all__ = ["memory_page", "memory_capacity"]
+__all__ = ["memory_capacity", "memory_page"]
 
 # what each row measures, in the words of a user
 _WHAT = {

@@ -10,16 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from curmoe.app.report_tables import table as _table
 from curmoe.common.errors import require
 from curmoe.common.io import atomic_write
 
-__all__ = ["serve_page", "serve_figure", "serve_targets"]
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    sep = ["---"] + ["---:"] * (len(head) - 1)
-    return "\n".join(["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |",
-                      *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)])
+__all__ = ["serve_figure", "serve_page", "serve_targets"]
 
 
 def _sentence(text: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["table", "source"]
+__all__ = ["source", "table"]
 
 
 def table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:

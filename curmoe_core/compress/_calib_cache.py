@@ -44,9 +44,9 @@ CACHE_VERSION = 1  # bump when what calibrate() gathers changes: older entries t
 
 
 def default_cache_dir() -> Path:
-    """``$CURMOE_CACHE_DIR`` or ``~/.cache/curmoe/calib``."""
+    """``$CURMOE_CACHE_DIR/calib`` or ``~/.cache/curmoe/calib`` (beside ``pretrained/`` and ``exports/``)."""
     env = os.environ.get("CURMOE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "curmoe" / "calib"
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "curmoe") / "calib"
 
 
 def model_checksum(model: Model) -> str:

@@ -15,5 +15,22 @@ from curmoe.reference._model import Model, ModelOutput, is_large, load, read_con
 from curmoe.reference._moe import expert_forward
 from curmoe.reference.names import expected_tensors, expert_keys
 
-__all__ = ["Model", "ModelOutput", "read_config", "is_large", "ModelConfig", "MoEConfig", "KVCache", "Linear", "DenseLinear", "CURLinear",
-           "SVDLinear", "NeuronLinear", "load", "causal_twin", "expert_forward", "expert_keys", "expected_tensors"]
+__all__ = [
+           "CURLinear",
+           "DenseLinear",
+           "KVCache",
+           "Linear",
+           "MoEConfig",
+           "Model",
+           "ModelConfig",
+           "ModelOutput",
+           "NeuronLinear",
+           "SVDLinear",
+           "causal_twin",
+           "expected_tensors",
+           "expert_forward",
+           "expert_keys",
+           "is_large",
+           "load",
+           "read_config",
+]

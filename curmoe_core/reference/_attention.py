@@ -14,7 +14,7 @@ import numpy as np
 from curmoe.reference._config import ModelConfig
 from curmoe.reference._ops import rms_norm
 
-__all__ = ["KVCache", "attention", "rope_angles", "apply_rope"]
+__all__ = ["KVCache", "apply_rope", "attention", "rope_angles"]
 
 
 @dataclass

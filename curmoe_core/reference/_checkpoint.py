@@ -30,7 +30,7 @@ from curmoe.reference._config import ModelConfig
 from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
 from curmoe.reference.names import expected_tensors, expert_keys
 
-__all__ = ["read_checkpoint", "read_config", "write_checkpoint", "CONFIG_FILE", "WEIGHTS_FILE", "INDEX_FILE", "TOKENIZER_FILE"]
+__all__ = ["CONFIG_FILE", "INDEX_FILE", "TOKENIZER_FILE", "WEIGHTS_FILE", "read_checkpoint", "read_config", "write_checkpoint"]
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 from curmoe.common.errors import InvalidInputError
 from curmoe.routing import RouterConfig
 
-__all__ = ["MoEConfig", "ModelConfig", "CONFIG_VERSION", "ACTIVATIONS", "QK_NORMS"]
+__all__ = ["ACTIVATIONS", "CONFIG_VERSION", "QK_NORMS", "MoEConfig", "ModelConfig"]
 
 CONFIG_VERSION = 1
 ACTIVATIONS = ("swiglu", "gelu")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DenseLinear", "CURLinear", "SVDLinear", "NeuronLinear", "Linear"]
+__all__ = ["CURLinear", "DenseLinear", "Linear", "NeuronLinear", "SVDLinear"]
 
 
 def _contiguous(obj: object, *names: str) -> None:

@@ -29,7 +29,7 @@ from curmoe.reference._upcast import Float64Experts, Float64Tensors
 from curmoe.reference.names import expected_tensors
 from curmoe.routing import Routing
 
-__all__ = ["Model", "ModelOutput", "load", "read_config", "is_large", "LAZY_ORACLE_BYTES"]
+__all__ = ["LAZY_ORACLE_BYTES", "Model", "ModelOutput", "is_large", "load", "read_config"]
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from curmoe.reference._ops import gelu, sigmoid, silu
 from curmoe.reference.names import expert_prefix, shared_prefix
 from curmoe.routing import Routing, route
 
-__all__ = ["expert_forward", "moe_block", "Observer"]
+__all__ = ["Observer", "expert_forward", "moe_block"]
 
 # observer(key, X): called with the input X (N, in) of every expert matrix, key "layers.{l}.experts.{e}.{name}"
 # (or ".shared.{s}."), with key "layers.{l}.moe_input" for all real tokens entering the block, and with key

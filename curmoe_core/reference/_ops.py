@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
-__all__ = ["rms_norm", "silu", "gelu", "sigmoid", "softmax", "log_softmax"]
+__all__ = ["gelu", "log_softmax", "rms_norm", "sigmoid", "silu", "softmax"]
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

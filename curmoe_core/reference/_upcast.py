@@ -15,7 +15,7 @@ import numpy as np
 
 from curmoe.reference._linear import Linear
 
-__all__ = ["Float64Tensors", "Float64Experts"]
+__all__ = ["Float64Experts", "Float64Tensors"]
 
 
 def _f64(a: np.ndarray) -> np.ndarray:

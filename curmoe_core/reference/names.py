@@ -14,8 +14,17 @@ from __future__ import annotations
 from curmoe.common.errors import CheckpointError
 from curmoe.reference._config import ModelConfig
 
-__all__ = ["expert_key", "expert_prefix", "shared_prefix", "layer_of", "expert_keys", "expected_tensors",
-           "routing_selected", "routing_logits", "EXPERT_MATRICES"]
+__all__ = [
+    "EXPERT_MATRICES",
+    "expected_tensors",
+    "expert_key",
+    "expert_keys",
+    "expert_prefix",
+    "layer_of",
+    "routing_logits",
+    "routing_selected",
+    "shared_prefix",
+]
 
 EXPERT_MATRICES = ("gate", "up", "down")
 
