@@ -98,14 +98,11 @@ def commands(model: Path, work: Path, threads: int) -> dict[str, list[str]]:
 
 
 def validate_seeds(file: Path, model_dir: Path, runtime: str, n: int, threads: int) -> list[dict[str, Any]]:
-    """``curmoe.runtimes.validate`` of ``file`` with input seeds 0..n-1, the model loaded once (in this process)."""
-    import curmoe
-    from curmoe.runtimes import validate
+    """``curmoe.runtimes.validate_seeds`` of ``file`` with input seeds 0..n-1: one session, one reference."""
+    from curmoe.runtimes import validate_seeds as run_seeds
 
-    model = curmoe.load(model_dir)
     out = []
-    for seed in range(n):
-        rep = validate(file, model, runtime, seed=seed, threads=threads)
+    for seed, rep in enumerate(run_seeds(file, model_dir, runtime, range(n), threads=threads)):
         out.append({k: getattr(rep, k) for k in ("passed", "max_rel_err", "routing_agreement", "hard_flips",
                                                    "diverged_sequences", "router_max_rel_err")}
                    | {"near_tie_flips": len(rep.near_tie_flips), "failures": list(rep.failures)})

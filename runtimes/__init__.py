@@ -28,7 +28,7 @@ from curmoe.runtimes.base import (
 )
 from curmoe.runtimes.generate import generate
 from curmoe.runtimes.tolerances import TOLERANCES, Tolerance, tolerance_for
-from curmoe.runtimes.validate import ValidationReport, validate
+from curmoe.runtimes.validate import ValidationReport, validate, validate_seeds
 
 __all__ = [
     "load",
@@ -44,6 +44,7 @@ __all__ = [
     "RuntimeNotAvailableError",
     "generate",
     "validate",
+    "validate_seeds",
     "ValidationReport",
     "Tolerance",
     "TOLERANCES",

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from curmoe.runtimes.base import Session
 from curmoe.runtimes.generate import cache_layout, empty_cache
 from curmoe.runtimes.tolerances import Tolerance, tolerance_for
 
-__all__ = ["ValidationReport", "validate"]
+__all__ = ["ValidationReport", "validate", "validate_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,25 @@ def validate(
         seed: seed of the random prompts.
         session_options: passed to :func:`curmoe.runtimes.load` (threads, optimization, ...).
     """
+    return validate_seeds(onnx_path, model, runtime, (seed,), prompt_lengths=prompt_lengths,
+                          batch_lengths=batch_lengths, decode_steps=decode_steps, sample_ids=sample_ids,
+                          **session_options)[0]
+
+
+def validate_seeds(
+    onnx_path: str | os.PathLike[str],
+    model: Model | str | os.PathLike[str],
+    runtime: str = "onnxruntime:cpu",
+    seeds: Sequence[int] = (0,),
+    *,
+    prompt_lengths: tuple[int, ...] = (1, 7, 24),
+    batch_lengths: tuple[int, ...] = (9, 4, 1),
+    decode_steps: int = 6,
+    sample_ids: np.ndarray | None = None,
+    **session_options: Any,
+) -> list[ValidationReport]:
+    """:func:`validate` once per seed (different random inputs), with one runtime session and one reference: for
+    a large model the loads cost more than the cases, and repeated runs are how a decisive validation is shown."""
     path = Path(onnx_path)
     if not isinstance(model, (Model, str, os.PathLike)):
         raise InvalidInputError(f"model must be a curmoe.Model or its directory, got {type(model).__name__}")
@@ -229,13 +249,14 @@ def validate(
     # Given a directory, the runtime opens first and the reference is read after: a runtime's load (ORT reading
     # external data, OpenVINO compiling) briefly holds the weights twice, and the NumPy model is not there yet.
     config = model.config if isinstance(model, Model) else read_config(model)
-    cases = _Cases(tuple(prompt_lengths), tuple(batch_lengths), decode_steps, sample_ids, seed)
+    cases = [_Cases(tuple(prompt_lengths), tuple(batch_lengths), decode_steps, sample_ids, int(s)) for s in seeds]
     if path.suffix == ".xml":  # OpenVINO IR: curmoe metadata in its rt_info, routing outputs added at export
         sess = _open(path, runtime, model, session_options)
         _check_exported_from(sess.metadata, config, path)
         dtype = json.loads(sess.metadata.get("curmoe.export", "{}")).get("dtype", "float32")
         ref = _reference(model)
-        return _run_cases(sess, ref, cases, runtime=runtime, path=path, dtype=dtype, tol=tolerance_for(dtype))
+        return [_run_cases(sess, ref, c, runtime=runtime, path=path, dtype=dtype, tol=tolerance_for(dtype))
+                for c in cases]
     proto, meta, _, _ = _read_meta(path)
     _check_exported_from(meta, config, path)
     export = json.loads(meta.get("curmoe.export", "{}"))
@@ -245,11 +266,11 @@ def validate(
     del proto
     try:
         sess = _open(aug or path, runtime, model, session_options)
-        report = _run_cases(sess, _reference(model), cases, runtime=runtime, path=path, dtype=dtype, tol=tol)
+        ref = _reference(model)
+        return [_run_cases(sess, ref, c, runtime=runtime, path=path, dtype=dtype, tol=tol) for c in cases]
     finally:
         if aug is not None:
             aug.unlink(missing_ok=True)
-    return report
 
 
 def _check_exported_from(meta: dict[str, str], config: ModelConfig, path: str | os.PathLike[str]) -> None:

@@ -92,3 +92,17 @@ def test_validate_takes_the_model_directory(tmp_path) -> None:
     other = baby_model(dtype=np.float32, seed=1, **VARIANTS["mixtral"]).save(tmp_path / "other")
     with pytest.raises(curmoe.InvalidInputError, match="different model config"):
         validate(p, other, "onnxruntime:cpu")
+
+
+def test_validate_seeds_is_validate_per_seed(tmp_path) -> None:
+    """One session and one reference for several seeds: each report equals validate's with that seed."""
+    from curmoe.exporters import OnnxExportConfig, export
+    from curmoe.runtimes import validate, validate_seeds
+
+    m = baby_model(dtype=np.float32, **VARIANTS["olmoe"])
+    p = export(m, OnnxExportConfig(), tmp_path / "m.onnx")
+    many = validate_seeds(p, m, "onnxruntime:cpu", seeds=(0, 4))
+    for seed, rep in zip((0, 4), many, strict=True):
+        one = validate(p, m, "onnxruntime:cpu", seed=seed)
+        assert rep.passed and rep.max_abs_err == one.max_abs_err and rep.ppl_ref == one.ppl_ref
+    assert many[0].ppl_ref != many[1].ppl_ref  # different inputs
