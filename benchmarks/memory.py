@@ -84,6 +84,9 @@ def commands(model: Path, work: Path, threads: int) -> dict[str, list[str]]:
     return {
         "compress": cli + ["compress", m, "--method", "cur-neuron", "--ratio", "0.7", "--calib", "wikitext2:train",
                            "--calib-tokens", "4096", "-o", str(work / "cur-neuron70"), "--force"],
+        "compress-stream": cli + ["compress", m, "--method", "cur-neuron", "--allocation", "uniform", "--ratio", "0.7",
+                                  "--calib", "wikitext2:train", "--calib-tokens", "4096", "--stream",
+                                  "-o", str(work / "cur-neuron70-stream"), "--force"],
         "export-onnx": cli + ["export", m, "--format", "onnx", "-o", str(work / "m.onnx"), "--force"],
         "export-openvino": cli + ["export", m, "--format", "openvino", "-o", str(work / "m.xml"), "--force"],
         "validate-ort": cli + ["validate", str(work / "m.onnx"), "--model", m, "--runtime", "onnxruntime:cpu"] + t,

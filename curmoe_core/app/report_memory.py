@@ -11,7 +11,8 @@ __all__ = ["memory_capacity", "memory_page"]
 
 # what each row measures, in the words of a user
 _WHAT = {
-    "compress": "neuron CUR 70% with 4,096 calibration tokens",
+    "compress": "neuron CUR 70%, global budget, 4,096 calibration tokens, in memory",
+    "compress-stream": "the same with a uniform budget, --stream (one layer at a time)",
     "export-onnx": "ONNX, weights in external data",
     "export-openvino": "OpenVINO IR (via a temporary ONNX file)",
     "validate-ort": "ONNX Runtime CPU against the float64 reference",
