@@ -22,7 +22,7 @@ _WHAT = {
     "generate-ort": "16 new tokens, ORT CPU",
     "generate-reference": "8 new tokens, NumPy reference",
     "bench": "every runtime row, one after another (--skip-numpy)",
-    "serve": "curmoe serve on ORT CPU under a few requests",
+    "serve-ort": "curmoe serve on ORT CPU, 4 concurrent completions",
 }
 
 
@@ -50,9 +50,10 @@ def memory_page(data: dict[str, Any]) -> str:
              _source(data, "memory.json"), ""]
     table = []
     for r in rows:
-        ok = "yes" if r.get("met") else ("failed" if r.get("rc") else "no")
+        ok = "failed" if r.get("rc") else "-" if r.get("target") is None else "yes" if r.get("met") else "no"
+        target = "none set" if r.get("target") is None else f"<= {r['target']:.1f}x"
         table.append([f"`{r['name']}`", _WHAT.get(r["name"], ""), f"{r['peak_rss'] / 2**30:.2f}",
-                      f"{r['x_fp32']:.2f}x", f"<= {r['target']:.1f}x", ok, f"{r['wall_s']:.0f}"])
+                      f"{r['x_fp32']:.2f}x", target, ok, f"{r['wall_s']:.0f}"])
     lines += [_table(["command", "what", "peak RSS GiB", "x fp32", "target", "met", "wall s"], table, "llrrrlr"), ""]
     lines += ["Each full command line is in the data file. Where the memory goes and what was removed: "
               "[docs/memory.md](../memory.md).", ""]
