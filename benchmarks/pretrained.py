@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -207,6 +208,7 @@ def agree(args: argparse.Namespace) -> int:
                         "engines": rows, "tolerance": 1e-3, "provenance": out["provenance"],
                         "model_card": (folder / "README.md").read_text()}
     write_results(args.out, out)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(r["agrees_1e-3"] for r in rows.values()) else 1
 
 
@@ -300,6 +302,7 @@ def sweep(args: argparse.Namespace) -> int:
             best[1]["best_on_valid"] = True
             write_results(args.out, out)
             print(f"  test for {best[1]['method']} @ {ratio}: {best[1]['test']['ppl_token']:.3f}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # exported files and the temporary calibration cache
     return 0
 
 
