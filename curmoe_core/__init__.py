@@ -27,6 +27,7 @@ from curmoe.compress import (
     SVDConfig,
     calibrate,
     compress,
+    compress_checkpoint,
     register_compression,
 )
 from curmoe.decompose import (
@@ -84,7 +85,7 @@ from curmoe.routing import (
 
 __all__ = [
     # one verb per package
-    "compress", "CURConfig", "SVDConfig", "NeuronConfig", "calibrate", "register_compression",
+    "compress", "compress_checkpoint", "CURConfig", "SVDConfig", "NeuronConfig", "calibrate", "register_compression",
     # one matrix
     "cur", "svd", "CURResult", "SVDResult", "CalibStats", "rank_for_ratio", "n_params", "kept_columns", "kept_rows",
     "jaccard",
