@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     cmds = commands(model, work, args.threads)
     names = list(cmds) if not args.only else [] if args.only == "none" else args.only.split(",")
     rows: dict[str, Any] = {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()  # per row: a results file may merge several runs
     print(f"model {model}: {n_params / 1e6:.1f} M parameters, {fp32 / 2**30:.2f} GiB in float32", flush=True)
     print(f"{'command':<20} {'rc':>3} {'peak RSS GiB':>12} {'x fp32':>7} {'target':>7} {'wall s':>7}", flush=True)
     for name in names:
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["peak_rss"] / fp32
         target = TARGETS[name.split("-")[0]]
         met = None if target is None else r["rc"] == 0 and ratio <= target
-        rows[name] = r | {"x_fp32": round(ratio, 3), "target": target, "met": met,
+        rows[name] = r | {"x_fp32": round(ratio, 3), "target": target, "met": met, "commit": commit,
                           "command": " ".join(["curmoe"] + cmds[name][3:])}
         print(f"{name:<20} {r['rc']:>3} {r['peak_rss'] / 2**30:>12.2f} {ratio:>7.2f} {target or 0:>7.1f} "
               f"{r['wall_s']:>7.1f}" + ("" if r["rc"] == 0 else f"   {r['tail']}"), flush=True)
