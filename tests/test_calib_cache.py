@@ -161,7 +161,7 @@ def test_cli_reuses_the_cache_across_methods_and_ratios(model_dir, tmp_path):
         np.testing.assert_array_equal(tb[k], tc[k], err_msg=k)
     stored = json.loads((tmp_path / "b" / "config.json").read_text())["compression"]["calibration_cache"]
     assert stored["status"] == "hit"
-    key = json.loads((tmp_path / "cache" / f"{a['calibration_cache']['digest']}.json").read_text())["key"]
+    key = json.loads((tmp_path / "cache" / "calib" / f"{a['calibration_cache']['digest']}.json").read_text())["key"]
     assert key["source"] == str(text) and key["n_tokens"] == a["calib_tokens"]
 
 
