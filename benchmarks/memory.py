@@ -156,7 +156,8 @@ def validate_seeds(file: Path, model_dir: Path, runtime: str, n: int, threads: i
     return out
 
 
-def validate_runs(model: Path, work: Path, n: int, threads: int, env: dict[str, str]) -> dict[str, Any]:
+def validate_runs(model: Path, work: Path, n: int, threads: int, env: dict[str, str],
+                  runtimes: tuple[str, ...] = ("onnxruntime:cpu", "openvino:cpu")) -> dict[str, Any]:
     """n validations each of the correct and the corrupted export on ORT and OpenVINO CPU (pass counts), each
     (runtime, export) in a process of its own that loads the model once."""
     bad = work / "corrupted"
@@ -168,6 +169,8 @@ def validate_runs(model: Path, work: Path, n: int, threads: int, env: dict[str, 
             assert r["rc"] == 0, r
     res: dict[str, Any] = {}
     for rt, good, corrupt in (("onnxruntime:cpu", "m.onnx", "bad.onnx"), ("openvino:cpu", "m.xml", "bad.xml")):
+        if rt not in runtimes:
+            continue
         for label, f in (("correct", good), ("corrupted", corrupt)):
             code = ("import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import memory; "
                     f"print(json.dumps(memory.validate_seeds(Path({str(work / f)!r}), Path({str(model)!r}), "
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated command names (default: all; none: only --validate-runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--validate-runs", type=int, default=0)
+    ap.add_argument("--validate-runtimes", default="onnxruntime:cpu,openvino:cpu")
     ap.add_argument("--out", default=None, help="results JSON (merged into an existing file by command name)")
     args = ap.parse_args(argv)
 
@@ -229,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads, "rows": [{"name": k} | v for k, v in rows.items()],
     }
     if args.validate_runs:
-        result["validation"] = validate_runs(model, work, args.validate_runs, args.threads, env)
+        result["validation"] = validate_runs(model, work, args.validate_runs, args.threads, env,
+                                             tuple(args.validate_runtimes.split(",")))
     if args.out:
         out = Path(args.out)
         if out.is_file():  # merge: a partial run (--only) replaces its rows and keeps the others
@@ -238,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             result["rows"] = [r for r in old["rows"] if r["name"] not in mine] + result["rows"]
             order = list(commands(model, work, args.threads))
             result["rows"].sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-            if "validation" not in result and "validation" in old:
-                result["validation"] = old["validation"]
+            result["validation"] = old.get("validation", {}) | result.get("validation", {})
         write_results(out, result)
         print(f"wrote {out}")
     shutil.rmtree(work / "tmp", ignore_errors=True)
