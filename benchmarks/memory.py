@@ -61,7 +61,7 @@ def corrupt_model(src: Path, out: Path) -> None:
         return
     m = curmoe.load(src)
     key = "layers.1.experts.5.up"
-    W = m.experts[key].weight
+    W = m.experts[key].W
     noise = np.random.default_rng(0).standard_normal(W.shape).astype(W.dtype)
     m.experts[key] = DenseLinear(W + 0.01 * noise * (np.linalg.norm(W) / np.linalg.norm(noise)))
     m.save(out)

@@ -50,9 +50,11 @@ def memory_page(data: dict[str, Any]) -> str:
              _source(data, "memory.json"), ""]
     table = []
     for r in rows:
-        ok = "failed" if r.get("rc") else "-" if r.get("target") is None else "yes" if r.get("met") else "no"
+        ok = ("stopped" if r.get("rc") in (-15, -2) else "failed" if r.get("rc") else "-" if r.get("target") is None
+              else "yes" if r.get("met") else "no")
         target = "none set" if r.get("target") is None else f"<= {r['target']:.1f}x"
-        table.append([f"`{r['name']}`", _WHAT.get(r["name"], ""), f"{r['peak_rss'] / 2**30:.2f}",
+        what = _WHAT.get(r["name"], "") + (f" ({r['note']})" if r.get("note") else "")
+        table.append([f"`{r['name']}`", what, f"{r['peak_rss'] / 2**30:.2f}",
                       f"{r['x_fp32']:.2f}x", target, ok, f"{r['wall_s']:.0f}"])
     lines += [_table(["command", "what", "peak RSS GiB", "x fp32", "target", "met", "wall s"], table, "llrrrlr"), ""]
     lines += ["Each full command line is in the data file. Where the memory goes and what was removed: "
