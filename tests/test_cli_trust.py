@@ -139,7 +139,9 @@ def test_ctrl_c_during_compress_stops_cleanly_and_writes_nothing(tmp_path, wikit
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-m", "curmoe.app.cli", "compress", str(shipped_model_dir("wt2-moe-tiny")),
                           "--ratio", "0.5", "--calib", "wikitext2:train", "--calib-tokens", "262144", "-o", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         # a shell running pytest in the background ignores SIGINT, and the child would inherit that
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"calibrate" not in seen:  # interrupt once calibration (the long step) has started
         chunk = os.read(p.stderr.fileno(), 4096)
@@ -149,7 +151,8 @@ def test_ctrl_c_during_compress_stops_cleanly_and_writes_nothing(tmp_path, wikit
     _, err = p.communicate(timeout=300)
     err = (seen + err).decode(errors="replace")
     assert p.returncode == 130, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("curmoe compress: interrupted")
+    assert "Traceback" not in err
+    assert "curmoe compress: interrupted" in err.strip().splitlines()[-1]  # (after a cut-off progress bar, if any)
     assert list(tmp_path.iterdir()) == []  # no model directory, no hidden temporary folder
 
 
