@@ -22,39 +22,38 @@ def _f64(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
-class Float64Tensors(Mapping[str, np.ndarray]):
-    """``{name: array}`` whose values come out as float64 (index/int arrays unchanged), cast on every read."""
+class _Float64View(Mapping[str, object]):
+    """A read-only mapping whose values are cast to float64 by :meth:`_cast` on every read."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray]) -> None:
-        self._t = tensors
+    def __init__(self, items: Mapping[str, object]) -> None:
+        self._items = items
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        return _f64(self._t[name])
+    @staticmethod
+    def _cast(value: object) -> object:
+        raise NotImplementedError
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._t)
-
-    def __len__(self) -> int:
-        return len(self._t)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._t
-
-
-class Float64Experts(Mapping[str, Linear]):
-    """``{key: Linear}`` whose values are float64 copies of the original's, made on every read."""
-
-    def __init__(self, experts: Mapping[str, Linear]) -> None:
-        self._e = experts
-
-    def __getitem__(self, key: str) -> Linear:
-        return self._e[key].astype(np.float64)
+    def __getitem__(self, key: str) -> object:
+        return self._cast(self._items[key])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._e)
+        return iter(self._items)
 
     def __len__(self) -> int:
-        return len(self._e)
+        return len(self._items)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._e
+        return key in self._items
+
+
+class Float64Tensors(_Float64View):
+    """``{name: array}`` whose values come out as float64 (index/int arrays unchanged), cast on every read."""
+
+    _cast = staticmethod(_f64)
+
+
+class Float64Experts(_Float64View):
+    """``{key: Linear}`` whose values are float64 copies of the original's, made on every read."""
+
+    @staticmethod
+    def _cast(lin: Linear) -> Linear:
+        return lin.astype(np.float64)
