@@ -181,6 +181,12 @@ def _configure_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true",
                    help="stream: read one tensor at a time, write shards + index, resume after an interruption "
                         "(default for a sharded model_dir with model.safetensors.index.json; --allocation uniform)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="--stream: run the (layer, expert) units as tasks on N Ray workers (a local Ray cluster "
+                        "unless --ray-address); same output as serial; needs pip install 'curmoe[ray]'")
+    p.add_argument("--ray-address", default=None,
+                   help="--stream --workers: join this Ray cluster (auto, ray://host:10001); the model and output "
+                        "folders must be at the same paths on every node")
 
 
 def _compress_streamed(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,7 +204,8 @@ def _compress_streamed(args: argparse.Namespace) -> dict[str, Any]:
     stand_in = SimpleNamespace(config=cfg_model, tokenizer_path=tok if tok.is_file() else None)  # tokenising only
     calib = _load_calib(args.calib, stand_in, args.data_dir, args.calib_tokens)
     cfg = _compress_config(args, aware=calib is not None)
-    out = compress_checkpoint(src, args.output, cfg, calib_ids=calib, force=args.force, progress=not args.json)
+    out = compress_checkpoint(src, args.output, cfg, calib_ids=calib, force=args.force, progress=not args.json,
+                              workers=args.workers, ray_address=args.ray_address)
     return out.compression
 
 

@@ -30,14 +30,15 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from curmoe.common.errors import CheckpointError, InvalidInputError
+from curmoe.decompose import CalibStats
 from curmoe.common.io import read_json
 from curmoe.compress._calibration import LayerCalibration, calibrate_layer, check_calib_ids
 from curmoe.compress._compress import _METHODS, _SPEC_KEYS, Config, _compress_unit, _compressed_config, _units
@@ -139,23 +140,47 @@ class _Job:
             return to_bf16_bits(raw), True
         return raw.astype(_STORAGE[self.storage], copy=False), False
 
-    def _write(self, unit: str, tensors: dict[str, tuple[np.ndarray, bool]], **fields: Any) -> None:
-        """Write one unit's shard atomically, then record it in the manifest."""
-        assert self.manifest is not None
+    def write_shard(self, unit: str, tensors: dict[str, tuple[np.ndarray, bool]]) -> str:
+        """Write one unit's shard atomically (temporary file, fsync, rename); its file name. A retried or resumed
+        unit rewrites the same temporary name, so a half-written one never survives."""
         file = f"{unit}.safetensors"
         tmp = self.work / f".{file}.tmp"
         write_safetensors(tmp, {n: a for n, (a, _) in tensors.items()}, bf16={n for n, (_, b) in tensors.items() if b},
                           metadata={"format": "curmoe", "config_version": str(self.cfg.version)})
         os.replace(tmp, self.work / file)
-        self.manifest.add(unit, file, tensors=sorted(tensors), **fields)
+        return file
+
+    def _write(self, unit: str, tensors: dict[str, tuple[np.ndarray, bool]], **fields: Any) -> None:
+        """Write one unit's shard atomically, then record it in the manifest."""
+        assert self.manifest is not None
+        self.manifest.add(unit, self.write_shard(unit, tensors), tensors=sorted(tensors), **fields)
 
     # Layers ---------------------------------------------------------------------------------------------------
     def _dense_layer(self, l: int) -> _LayerModel:
         """Layer l as in the source: its tensors and dense experts, in the compute dtype."""
         t = {n: self.source.read(n, self.dtype) for n in self.layer_tensors.get(l, [])}
-        e = {f"{p}.{m}": DenseLinear(self.source.read(f"{p}.{m}.weight", self.dtype))
-             for p in self.prefixes.get(l, []) for m in ("gate", "up", "down") if f"{p}.{m}.weight" in self.source.info}
-        return _LayerModel(self.cfg, t, e, self.dtype, self._storage_np)
+        return _LayerModel(self.cfg, t, self._dense_experts(self.prefixes.get(l, [])), self.dtype, self._storage_np)
+
+    def _dense_experts(self, prefixes: list[str]) -> dict[str, Linear]:
+        return {f"{p}.{m}": DenseLinear(self.source.read(f"{p}.{m}.weight", self.dtype))
+                for p in prefixes for m in ("gate", "up", "down") if f"{p}.{m}.weight" in self.source.info}
+
+    def spec(self) -> _WorkerSpec:
+        """What a worker process needs to rebuild this job (paths and configs, no arrays)."""
+        return _WorkerSpec(self.src, self.work, self.config, self.cfg, self.dtype, self.batch_size)
+
+    def finish_expert(self, model: _LayerModel | None, p: str, lc: LayerCalibration | None
+                      ) -> tuple[dict[str, Linear], UnitResult]:
+        """Compress expert ``p`` and write its shard (not yet in the manifest): its Linears as stored, and the
+        result the manifest records. The serial path and every distributed worker run exactly this."""
+        lins, recs, tensors = self._expert(model, p, lc)
+        params = {k: int(lin.n_params) for k, lin in lins.items()}
+        return lins, UnitResult(p, self.write_shard(p, tensors), sorted(tensors), recs, params)
+
+    def record(self, res: UnitResult) -> None:
+        """Append a finished unit (its shard already in place) to the manifest."""
+        assert self.manifest is not None
+        self.manifest.add(res.unit, res.file, tensors=res.tensors, records=res.records, params=res.params)
 
     @property
     def _storage_np(self) -> np.dtype | None:
@@ -227,7 +252,9 @@ class _Job:
         bs, ids = self.batch_size, self.ids
         return np.concatenate([model.block(l, hidden[s : s + bs], ids[s : s + bs]) for s in range(0, ids.shape[0], bs)])
 
-    def run(self) -> None:
+    def run(self, pool: Pool | None = None) -> None:
+        """Every unfinished unit, in order; with a ``pool`` the experts run as its tasks (the driver still
+        calibrates and advances the hidden states layer by layer, and writes the non-expert shards)."""
         assert self.manifest is not None
         mf, cfg = self.manifest, self.cfg
         units = ["globals"] + [u for l in range(cfg.n_layers) for u in [f"layers.{l}", *self.prefixes.get(l, [])]]
@@ -257,23 +284,103 @@ class _Job:
                     lc = calibrate_layer(model, l, hidden, self.ids, batch_size=self.batch_size, progress=self.progress)
             compressed: dict[str, Linear] = {}
             keep = hidden is not None and self.config.sequential
-            for p in self.prefixes.get(l, []):
-                if p not in mine:
-                    continue
-                lins, recs, tensors = self._expert(model, p, lc)
+            todo = [p for p in self.prefixes.get(l, []) if p in mine]
+            if pool is not None and todo:  # distributed: one task per expert, statistics via the object store
+                shared = pool.put(_shared_calibration(lc)) if lc is not None else None
+                for p in todo:
+                    finished = pool.submit(p, pool.put(_expert_calibration(lc, p)) if lc is not None else None, shared)
+                    self._record_all(finished, bar)
+                del shared
+            for p in todo if pool is None else []:
+                lins, res = self.finish_expert(model, p, lc)
                 if keep:  # only sequential calibration runs this layer again, compressed; otherwise drop them now
                     compressed |= lins
-                params = {k: int(lin.n_params) for k, lin in lins.items()}
-                self._write(p, tensors, records=recs, params=params)
+                self.record(res)
                 bar.update(1)
             if hidden is not None and [u for u in units[units.index(f"layers.{l}") + 1 :] if mf.done(u) is None]:
                 assert model is not None
                 if self.config.sequential:  # layer l+1 sees this layer compressed, as the file holds it
+                    if pool is not None:  # every expert of layer l in its shard (read back below)
+                        self._record_all(pool.drain(), bar)
                     done = self._compressed_experts(l, set(compressed))
                     model = _LayerModel(cfg, model.tensors, done | compressed, self.dtype, self._storage_np)
                 hidden = self._advance(model, l, hidden)
             del model, lc
+        if pool is not None:
+            self._record_all(pool.drain(), bar)
         bar.close()
+
+    def _record_all(self, finished: list[UnitResult], bar: tqdm) -> None:
+        for res in finished:
+            self.record(res)
+            bar.update(1)
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """One finished expert unit as the manifest records it: its shard (already renamed into place), the names
+    of the tensors it holds, the per-matrix compression records and parameter counts."""
+
+    unit: str
+    file: str
+    tensors: list[str]
+    records: dict[str, dict[str, Any]]
+    params: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _WorkerSpec:
+    """A streamed job as a worker rebuilds it: paths and configs only (pickled once, shared by every task)."""
+
+    src: Path
+    work: Path
+    config: Config
+    cfg: ModelConfig
+    dtype: np.dtype
+    batch_size: int
+
+    def job(self) -> _Job:
+        return _Job(self.src, self.work, self.config, self.cfg, SafetensorsSource(self.src), None, self.dtype,
+                    self.batch_size, False)
+
+
+class Pool(Protocol):
+    """Where expert units run when they do not run in the driver (``_ray.RayPool``)."""
+
+    def put(self, obj: Any) -> Any:
+        """Store ``obj`` once for several tasks; returns what :meth:`submit` accepts in its place."""
+
+    def submit(self, unit: str, stats: Any, shared: Any) -> list[UnitResult]:
+        """Queue ``run_unit(spec, unit, stats, shared)``; returns the units that finished meanwhile."""
+
+    def drain(self) -> list[UnitResult]:
+        """Wait for every queued unit; returns those not yet returned."""
+
+
+def _expert_calibration(lc: LayerCalibration, prefix: str) -> LayerCalibration:
+    """The part of a layer's statistics that only expert ``prefix`` reads (its matrices' inputs, its hidden
+    statistics); the layer-wide fallback (block Gram, sample) travels separately, once per layer."""
+    own = lambda k: k == prefix or k.startswith(f"{prefix}.")
+    return LayerCalibration(lc.layer, {k: v for k, v in lc.inputs.items() if own(k)},
+                            {k: v for k, v in lc.hidden.items() if own(k)}, CalibStats(), [])
+
+
+def _shared_calibration(lc: LayerCalibration) -> tuple[CalibStats, list[np.ndarray]]:
+    return lc.block, lc.sample
+
+
+def run_unit(spec: _WorkerSpec, prefix: str, stats: LayerCalibration | None,
+             shared: tuple[CalibStats, list[np.ndarray]] | None) -> UnitResult:
+    """One expert unit in a worker process: read its weights from the source, compress them with the statistics
+    it was sent, write its shard into the work folder; the driver appends the manifest line."""
+    job = spec.job()
+    lc = None
+    model = None
+    if stats is not None:
+        assert shared is not None
+        lc = replace(stats, block=shared[0], sample=list(shared[1]))
+        model = _LayerModel(job.cfg, {}, job._dense_experts([prefix]), job.dtype, job._storage_np)
+    return job.finish_expert(model, prefix, lc)[1]
 
 
 def _units_of(cfg: ModelConfig, config: Config, unit: str) -> dict[int, list[str]]:
@@ -315,7 +422,8 @@ def _fp_hash(fp: dict[str, Any]) -> str:
 
 def compress_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], config: Config, *,
                         calib_ids: np.ndarray | None = None, batch_size: int = 8, dtype: np.dtype | None = None,
-                        force: bool = False, progress: bool = True) -> ModelConfig:
+                        force: bool = False, progress: bool = True, workers: int | None = None,
+                        ray_address: str | None = None) -> ModelConfig:
     """Compress the checkpoint folder ``src`` into the sharded folder ``dst`` without holding the model in memory.
 
     Resumable: rerunning the same call after an interruption (even ``kill -9``) finishes the remaining units from
@@ -330,8 +438,19 @@ def compress_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]
         dtype: the compute dtype (default float32 for 16-bit files, else the file's); floats are stored in the
             source dtype.
         force: replace an existing ``dst`` (otherwise refused, unless it is this very run already finished).
+        workers: run the expert units as Ray tasks on this many workers (a local Ray cluster of ``workers``
+            CPUs unless Ray is already initialised or ``ray_address`` is given); needs ``pip install
+            'curmoe[ray]'``. The output is bit-identical to the serial run (``workers=None``), and a run
+            interrupted with or without workers resumes with or without them.
+        ray_address: join the Ray cluster at this address (``"auto"``, ``"ray://host:10001"``) instead of
+            starting one; ``src`` and ``dst`` must be visible at the same paths on every node.
     """
     src, dst = Path(src), Path(dst)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise InvalidInputError(f"workers={workers!r} must be a positive integer (CLI: --workers N)")
+    if ray_address is not None and workers is None:
+        raise InvalidInputError(f"ray_address={ray_address!r} needs workers=N, the number of tasks to run at once "
+                                "(CLI: --workers N --ray-address ADDR)")
     method = _METHODS.get(type(config))
     if method is None:
         known = ", ".join(c.__name__ for c in _METHODS)
@@ -364,8 +483,17 @@ def compress_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]
         if not force:
             raise InvalidInputError(f"output {str(dst)!r} exists; choose another path or pass force=True (CLI: --force)")
     t0 = time.perf_counter()
-    job.manifest = Manifest(job.work, fp)
-    job.run()
+    pool = None
+    if workers is not None:
+        from curmoe.compress._ray import RayPool  # Ray is imported only here (MissingExtraError without it)
+
+        pool = RayPool(run_unit, job.spec(), int(workers), ray_address)
+    try:
+        job.manifest = Manifest(job.work, fp)
+        job.run(pool)
+    finally:
+        if pool is not None:
+            pool.close()
     return _finalise(job, dst, fp, time.perf_counter() - t0)
 
 
@@ -405,6 +533,8 @@ def _finalise(job: _Job, dst: Path, fp: dict[str, Any], seconds: float) -> Model
     if dst.exists():
         old = dst.parent / f".{dst.name}.old-{os.getpid()}"
         os.replace(dst, old)
+    for stray in job.work.glob(".*.tmp"):  # a shard whose writer died and whose unit was then written again
+        stray.unlink()
     os.replace(job.work, dst)  # atomic: dst is either absent/old or complete
     (dst / "manifest.jsonl").unlink(missing_ok=True)
     if old is not None:
