@@ -10,6 +10,15 @@ Precision: OpenVINO's CPU plugin runs in bf16 by default on CPUs with AMX or AVX
 compiles with ``INFERENCE_PRECISION_HINT=f32`` unless ``precision=`` asks for "bf16", "f16" or the device
 "default": validation then reports the routing agreement of the faster precision against the reference.
 
+Speed (docs/openvino_speed.md): ``run`` binds each feed to the request as a zero-copy ``openvino.Tensor`` and
+copies out only the outputs asked for (the ``InferRequest.infer(list)`` convenience wrapper cost 0.1-0.3 ms a
+call here, a tenth of a decode step of the shipped model). ``stateful=True`` compiles the KV-cache graph with the
+cache as internal state (:func:`curmoe.exporters.genai.make_stateful_ir`): the session's inputs are then only
+``input_ids`` and ``attention_mask`` (the whole mask, past tokens included) and a mask as long as ``input_ids``
+starts a new sequence; a decoding loop feeds one new token and the grown mask per step and nothing else (the
+bench runner does; ``curmoe.runtimes.generate``, finding no ``past.*`` inputs, re-feeds the whole sequence, which is
+correct but recomputes it).
+
 This module is named ``ov`` (not ``openvino``) so that it never shadows the SDK; it imports ``openvino`` absolutely.
 """
 
@@ -169,7 +178,7 @@ class OpenVINOSession(SpecSession):
 
     def __init__(self, path: Path, target: str, device: str | None, precision: str, options: SessionOptions,
                  performance_hint: str | None, properties: dict[str, Any] | None, extra_outputs: list[str] | None,
-                 name: str) -> None:
+                 name: str, stateful: bool = False) -> None:
         self.path, self.options, self._name = path, options, name
         self.family = _family(target)
         self.device = _resolve_device(self.family, device)
@@ -188,6 +197,14 @@ class OpenVINOSession(SpecSession):
                 raise InvalidInputError(f"extra_outputs {missing} are not tensors of the model (OpenVINO may have "
                                         "removed unused ones); export with routing_outputs=True instead")
             model.add_outputs(list(extra_outputs))
+        self.stateful = stateful
+        self._past_len: int | None = None  # tokens held in the state (stateful only); None = unknown, reset first
+        if stateful:
+            from curmoe.exporters.genai import make_stateful_ir
+
+            if any(i.get_any_name() == "beam_idx" for i in model.inputs) or model.get_sinks():
+                raise InvalidInputError(f"{str(path)!r} is already stateful; load it with stateful=False")
+            make_stateful_ir(model, beam_idx=False)  # InvalidInputError for a graph exported without KV cache
         config: dict[str, Any] = {}
         if precision != "default":
             config["INFERENCE_PRECISION_HINT"] = precision
@@ -205,16 +222,52 @@ class OpenVINOSession(SpecSession):
         self._outputs = [IOSpec(_name(o), tuple(d.get_length() if d.is_static else None for d in o.get_partial_shape()),
                                 _dtype(o.get_element_type())) for o in self._compiled.outputs]
         self._output_names = [o.name for o in self._outputs]
+        self._in_ports = list(zip(self._inputs, self._compiled.inputs))
+        self._out_ports = dict(zip(self._output_names, self._compiled.outputs))
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         by_input, names = self._check_feeds(feeds, outputs)
-        res = self._req.infer([by_input[i.name] for i in self._inputs])  # outputs are copied out of the request's buffers (share_outputs=False)
-        by_name = {n: res[port] for n, port in zip(self._output_names, self._compiled.outputs)}
-        return {n: np.asarray(by_name[n]) for n in names}
+        if self.stateful:
+            self._sync_state(by_input["input_ids"], by_input["attention_mask"])
+        req = self._req
+        for spec, port in self._in_ports:  # zero-copy: the arrays outlive the synchronous infer below
+            req.set_tensor(port, openvino.Tensor(by_input[spec.name], shared_memory=True))
+        try:
+            req.infer()
+        except BaseException:
+            self._past_len = None  # the state may be half-updated: the next call must start a new sequence
+            raise
+        if self.stateful:
+            self._past_len = by_input["attention_mask"].shape[1]
+        # copied out: the request reuses its output buffers on the next call
+        return {n: req.get_tensor(self._out_ports[n]).data.copy() for n in names}
+
+    def _sync_state(self, ids: np.ndarray, mask: np.ndarray) -> None:
+        """Start a new sequence (mask as long as ids) or check that the mask continues the one held."""
+        if ids.ndim != 2 or mask.shape[:1] != ids.shape[:1] or mask.ndim != 2:
+            raise InvalidInputError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be (B, T) and "
+                                    "(B, P + T) with the same B")
+        past = mask.shape[1] - ids.shape[1]
+        if past == 0:
+            self._req.reset_state()
+            self._past_len = 0
+        elif past != self._past_len:
+            held = "no sequence" if self._past_len is None else f"{self._past_len} tokens"
+            raise InvalidInputError(
+                f"this stateful session holds {held} of KV cache but attention_mask has {mask.shape[1]} columns for "
+                f"{ids.shape[1]} new tokens (past {past}); feed a mask of the {self._past_len} held + new tokens, or "
+                "one as long as input_ids to start a new sequence"
+            )
+
+    def reset(self) -> None:
+        """Forget the KV cache of a stateful session (the next call must start a new sequence)."""
+        if self.stateful:
+            self._req.reset_state()
+            self._past_len = None
 
     def info(self) -> RuntimeInfo:
         extra: dict[str, Any] = {"openvino": openvino.__version__, "precision_requested": self.precision,
-                                 "config": {k: str(v) for k, v in self._config.items()}}
+                                 "config": {k: str(v) for k, v in self._config.items()}, "stateful": self.stateful}
         try:
             extra["execution_devices"] = list(self._compiled.get_property("EXECUTION_DEVICES"))
             hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -251,7 +304,7 @@ class OpenVINOSession(SpecSession):
 def load(path: str | os.PathLike[str], target: str, *, device: str | None = None, precision: str = "f32",
          threads: int | None = None, optimization: str = "all", performance_hint: str | None = None,
          properties: dict[str, Any] | None = None, extra_outputs: list[str] | None = None,
-         name: str | None = None, low_memory: bool = False) -> OpenVINOSession:
+         name: str | None = None, low_memory: bool = False, stateful: bool = False) -> OpenVINOSession:
     """Compile an ONNX file or OpenVINO IR (.xml) for an OpenVINO device.
 
     Args:
@@ -265,6 +318,9 @@ def load(path: str | os.PathLike[str], target: str, *, device: str | None = None
         properties: any further OpenVINO properties, passed to ``compile_model`` as given (they win).
         extra_outputs: tensor names to add as outputs (e.g. "routing.0.selected").
         name: the registry name, recorded in ``info()``.
+        stateful: keep the KV cache inside the compiled model (inputs input_ids and attention_mask only; a mask as
+            long as input_ids starts a new sequence, a longer one must continue the sequence held). For decoding
+            loops; ``curmoe.runtimes.validate`` checks the graph's own past/present cache with stateful=False.
 
     Raises:
         curmoe.InvalidInputError: unknown target, device of another family, bad option or file type.
@@ -283,8 +339,10 @@ def load(path: str | os.PathLike[str], target: str, *, device: str | None = None
         raise InvalidInputError(f"performance_hint={performance_hint!r} is unknown; pass one of {_HINTS} or None")
     if properties is not None and not isinstance(properties, dict):
         raise InvalidInputError(f"properties must be a dict, got {type(properties).__name__}")
+    if not isinstance(stateful, bool):
+        raise InvalidInputError(f"stateful={stateful!r} must be True or False")
     p = Path(path)
     if p.suffix not in (".onnx", ".xml"):
         raise InvalidInputError(f"{str(p)!r} is neither an ONNX file (.onnx) nor OpenVINO IR (.xml)")
     return OpenVINOSession(p, fam, device, precision, opts, performance_hint, properties, extra_outputs,
-                           name or f"openvino:{fam.lower()}")
+                           name or f"openvino:{fam.lower()}", stateful)
