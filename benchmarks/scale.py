@@ -1,4 +1,4 @@
-"""Scale benchmark: stream-compress a synthetic Mixtral-shaped bf16 checkpoint; peak memory, wall time, bytes.
+"""Scale benchmark: stream-compress a synthetic Mixtral-shaped bf16 checkpoint, serially and on Ray workers.
 
 A generator writes a sharded checkpoint with Mixtral-8x7B's true dimensions (d_model 4096, d_ff 14336, 8 experts,
 top-2, 32 query / 8 key-value heads of 128, vocabulary 32000) for ``--layers`` layers, in bfloat16, Hugging
@@ -7,16 +7,22 @@ and ``model.safetensors.index.json``, under curmoe's tensor names. Weights are N
 spectrum, the worst case for CUR's error but irrelevant to its time and memory, which is what is measured. The
 generator writes tensor by tensor in row chunks, so it never holds a layer either.
 
-Then ``curmoe compress SRC --method cur --ratio R --stream -o OUT --json`` runs as a child process (data-free
-per-matrix CUR: randomized DEIM and the optimal U; no calibration text, since the synthetic model has no
-tokenizer) and ``os.wait4`` returns its peak resident set (``ru_maxrss``), with the wall time and the bytes it
-wrote. The same for an import-only child gives the interpreter's own baseline.
+Each job runs ``compress_checkpoint(src, out, config, workers=...)`` in a child process (``CHILD`` below): ``cur``
+is data-free per-matrix CUR (randomized DEIM, optimal U), ``cur-neuron`` is neuron CUR (default selection,
+uniform allocation) calibrated on random token ids (the synthetic model has no tokenizer). Recorded per job:
+wall time; the child's own CPU time and peak RSS (``os.wait4``); and, sampled every second with psutil, the peak
+summed RSS and PSS of the child and all its descendants (with ``--workers``, Ray's GCS, raylet and worker
+processes: PSS counts the object store's shared pages once) and their CPU time; the load average before and
+after; bytes written.
 
-    python benchmarks/scale.py [--layers 1,2] [--ratio 0.7] [--threads 1] [--workdir /tmp/curmoe-scale]
-                               [--json docs/results/data/scale.json] [--small]
+    python benchmarks/scale.py [--layers 1,2] [--methods cur,cur-neuron] [--workers 2] [--ratio 0.7]
+                               [--dims mixtral|medium|small] [--threads 1] [--workdir /tmp/curmoe-scale]
+                               [--json docs/results/data/scale.json]
 
-``--small`` uses d_model 256 / d_ff 896 (a smoke run in seconds). The synthetic folders are kept in --workdir
-(several GB) and reused when complete; remove them afterwards. Not a test.
+Every method runs serially for the first layer count (the first method for every count); ``--workers N`` adds the
+first layer count on N Ray workers per method. ``--json`` merges the runs into the results file: a run replaces
+an earlier one with the same (dims, layers, method, workers), and every run carries its provenance. The
+synthetic folders are kept in --workdir (several GB) and reused when complete; remove them afterwards. Not a test.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MIXTRAL = {"d_model": 4096, "d_ff": 14336, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 32000}
 SMALL = {"d_model": 256, "d_ff": 896, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 1000}
+MEDIUM = {"d_model": 1024, "d_ff": 2816, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 32000}
+DIMS = {"mixtral": MIXTRAL, "medium": MEDIUM, "small": SMALL}
 
 
 def model_config(layers: int, dims: dict[str, int]) -> dict:
@@ -127,22 +136,78 @@ def generate(folder: Path, layers: int, dims: dict[str, int], seed: int = 0) -> 
     return info
 
 
-def start_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, float]:
-    """Start one child with stdout to ``log`` (read back when it ends)."""
+# The compression child: one streamed job through the public API (random calibration ids for activation-aware
+# methods: the synthetic model has no tokenizer), printing its record as JSON on the last line.
+CHILD = """
+import json, sys
+import numpy as np
+import curmoe
+from curmoe.compress import compress_checkpoint
+src, out, method, ratio, workers, ids = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
+configs = {"cur": lambda: curmoe.CURConfig(ratio=ratio),
+           "cur-neuron": lambda: curmoe.NeuronConfig(ratio=ratio, allocation="uniform")}
+cfg = configs[method]()
+rec = compress_checkpoint(src, out, cfg, calib_ids=np.load(ids) if ids != "-" else None, progress=False,
+                          workers=int(workers) if workers != "-" else None).compression
+print(json.dumps({k: rec[k] for k in ("ratio_expert_params", "ratio_all_params", "calibration")}
+                 | {"mean_weight_error": float(np.mean([m["weight_error"] for m in rec["matrices"].values()
+                                                        if m.get("weight_error") is not None] or [np.nan])),
+                    "mean_output_error": float(np.mean([m["output_error"] for m in rec["matrices"].values()
+                                                        if m.get("output_error") is not None] or [np.nan]))}))
+"""
+
+
+class TreeSampler(threading.Thread):
+    """Samples a process and all its descendants (Ray's GCS, raylet and workers included) every ``period`` s:
+    peak of the summed RSS, peak of the summed PSS (shared pages, e.g. Ray's object store, counted once), and
+    each process's last CPU time (user + system), summed at the end."""
+
+    def __init__(self, pid: int, period: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.root, self.period, self.stop = psutil.Process(pid), period, threading.Event()
+        self.peak_rss = self.peak_pss = self.peak_procs = 0
+        self.cpu: dict[int, float] = {}
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                break
+            rss = pss = 0
+            for q in procs:
+                try:
+                    m = q.memory_full_info()
+                    t = q.cpu_times()
+                except psutil.Error:
+                    continue
+                rss, pss = rss + m.rss, pss + getattr(m, "pss", m.rss)
+                self.cpu[q.pid] = max(self.cpu.get(q.pid, 0.0), t.user + t.system)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_procs = max(self.peak_procs, len(procs))
+            self.stop.wait(self.period)
+
+
+def run_job(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run one child to the end: wall s, its own CPU s and peak RSS (os.wait4), and the process tree's peaks."""
     with open(log, "wb") as f:
-        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.DEVNULL), time.perf_counter()
-
-
-def wait_child(p: subprocess.Popen, t0: float, log: Path) -> tuple[int, float, float, int, str]:
-    """(return code, wall s, CPU s (user + system), peak RSS bytes, stdout) of a child, via os.wait4."""
+        p = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    sampler = TreeSampler(p.pid)
+    sampler.start()
     _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
-    return p.returncode, time.perf_counter() - t0, cpu, usage.ru_maxrss * 1024, log.read_text()  # maxrss: KiB
-
-
-def run_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float, float, int, str]:
-    return wait_child(*start_child(cmd, env, log), log)
+    wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+    return {"rc": os.waitstatus_to_exitcode(status), "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": usage.ru_maxrss * 1024,  # the child (driver) alone; ru_maxrss is in KiB
+            "tree_peak_rss_bytes": sampler.peak_rss, "tree_peak_pss_bytes": sampler.peak_pss,
+            "tree_processes": sampler.peak_procs, "tree_cpu_s_sampled": sum(sampler.cpu.values()),
+            "load_average_1min": [load0[0], os.getloadavg()[0]], "log": log.read_text(errors="replace")}
 
 
 def git_commit() -> str:
@@ -153,87 +218,111 @@ def git_commit() -> str:
         return "unknown"
 
 
+def provenance(args: argparse.Namespace) -> dict:
+    return {"command": " ".join(["python benchmarks/scale.py", *sys.argv[1:]]), "git_commit": git_commit(),
+            "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "numpy": np.__version__, "blas_threads": args.threads,
+                        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+                        "note": "shared machine (other engineers' jobs running); wall times are under that load"}}
+
+
+def job_key(run: dict) -> tuple:
+    return (run["dims_name"], run["layers"], run["method"], run.get("workers"))
+
+
+def merge(path: Path, runs: list[dict]) -> dict:
+    """The results file with ``runs`` added; an earlier run with the same (dims, layers, method, workers) is
+    replaced, the others are kept (each run carries its own provenance)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    kept = []
+    for r in old.get("runs", []):
+        if "provenance" not in r:  # the first format: provenance at the top level, data-free CUR, Mixtral dims
+            r = r | {"provenance": {k: old[k] for k in ("command", "git_commit", "time_utc", "machine") if k in old}
+                     | {"concurrent_jobs": old.get("concurrent_jobs")},
+                     "dims_name": "mixtral", "dims": old.get("dims"), "method": "cur", "workers": None,
+                     "ratio": old.get("ratio"), "driver_peak_rss_bytes": r.get("peak_rss_bytes")}
+        kept.append(r)
+    new_keys = {job_key(r) for r in runs}
+    all_runs = [r for r in kept if job_key(r) not in new_keys] + runs
+    return {"benchmark": "scale", "runs": sorted(all_runs, key=lambda r: (r["dims_name"], r["method"], r["layers"],
+                                                                          r.get("workers") or 0))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", default="1,2", help="comma-separated layer counts (default: %(default)s)")
+    p.add_argument("--layers", default="1,2", help="comma-separated layer counts, each run serially (default: %(default)s)")
+    p.add_argument("--methods", default="cur", help="comma-separated: cur (data-free) and/or cur-neuron "
+                   "(calibrated with random token ids, uniform allocation) (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="also run the first layer count with N Ray workers, for each method (default: off)")
     p.add_argument("--ratio", type=float, default=0.7)
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads of the compression child")
+    p.add_argument("--calib-tokens", type=int, default=2048, help="random calibration tokens for cur-neuron")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads of the driver (Ray workers use 1 each)")
     p.add_argument("--workdir", default="/tmp/curmoe-scale")
-    p.add_argument("--small", action="store_true", help="d_model 256, d_ff 896: a smoke run")
+    p.add_argument("--dims", choices=list(DIMS), default="mixtral",
+                   help="mixtral (true Mixtral-8x7B sizes), medium (d_model 1024, d_ff 2816), small (smoke run)")
+    p.add_argument("--small", action="store_true", help="same as --dims small")
     p.add_argument("--keep", action="store_true", help="keep the compressed outputs")
-    p.add_argument("--concurrent", action="store_true",
-                   help="run the compression jobs (one per layer count, each serial) at the same time: on a shared "
-                        "machine this gets them done sooner; peak RSS and CPU seconds are per job either way")
-    p.add_argument("--json", default=None, help="write the results here (e.g. docs/results/data/scale.json)")
+    p.add_argument("--json", default=None, help="merge the results into this file (docs/results/data/scale.json)")
     args = p.parse_args()
-    dims = SMALL if args.small else MIXTRAL
-    work = Path(args.workdir) / ("small" if args.small else "mixtral")
+    dims_name = "small" if args.small else args.dims
+    dims = DIMS[dims_name]
+    work = Path(args.workdir) / dims_name
     threads = str(args.threads)
     env = os.environ | {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    code = "import sys; from curmoe.app.cli import main; sys.exit(main(sys.argv[1:]))"
     work.mkdir(parents=True, exist_ok=True)
-    rc, _, _, base_rss, _ = run_child([sys.executable, "-c", "import curmoe, curmoe.app.cli"], env, work / "base.log")
+    base = run_job([sys.executable, "-c", "import curmoe, curmoe.compress"], env, work / "base.log")
     counts = [int(v) for v in args.layers.split(",")]
+    methods = args.methods.split(",")
+    jobs = [(n, m, None) for m in methods for n in (counts if m == methods[0] else counts[:1])]
+    if args.workers:
+        jobs += [(counts[0], m, args.workers) for m in methods]
     infos = {}
-    for layers in counts:
+    for layers in sorted({j[0] for j in jobs}):
         print(f"[{layers} layer(s)] generating {work / f'src-{layers}L'}", file=sys.stderr, flush=True)
         infos[layers] = generate(work / f"src-{layers}L", layers, dims)
-
-    def launch(layers: int) -> tuple:
-        src, out = work / f"src-{layers}L", work / f"out-{layers}L"
+    ids_file = work / f"calib-{args.calib_tokens}.npy"
+    ids = np.random.default_rng(0).integers(0, dims["vocab_size"], (args.calib_tokens // 256, 256))
+    np.save(ids_file, ids)
+    prov = provenance(args)
+    runs = []
+    for layers, method, workers in jobs:
+        tag = f"{layers}L-{method}-{'w' + str(workers) if workers else 'serial'}"
+        src, out = work / f"src-{layers}L", work / f"out-{tag}"
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out.parent / f"{out.name}.partial", ignore_errors=True)
-        cmd = [sys.executable, "-c", code, "compress", str(src), "--method", "cur", "--ratio", str(args.ratio),
-               "--stream", "-o", str(out), "--json"]
-        print(f"[{layers} layer(s)] compressing: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
-        return (*start_child(cmd, env, work / f"out-{layers}L.log"), os.getloadavg()[0])
-
-    started = {n: launch(n) for n in counts} if args.concurrent else {}
-    runs = []
-    for layers in counts:
-        src, out = work / f"src-{layers}L", work / f"out-{layers}L"
-        info = infos[layers]
-        proc, t0, load0 = started[layers] if args.concurrent else launch(layers)
-        rc, wall, cpu, rss, stdout = wait_child(proc, t0, work / f"out-{layers}L.log")
-        if rc != 0:
-            raise SystemExit(f"compression of {src} failed with exit code {rc}")
-        rec = json.loads(stdout.strip().splitlines()[-1])
-        written = sum(f.stat().st_size for f in out.iterdir())
-        run = {"layers": layers, "source": info, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": rss,
-               "bytes_written": written, "n_output_files": len(list(out.iterdir())),
-               "ratio_expert_params": rec["ratio_expert_params"], "ratio_all_params": rec["ratio_all_params"],
-               "mean_weight_error": rec["mean_weight_error"], "load_average": [load0, os.getloadavg()[0]]}
+        calib = str(ids_file) if method != "cur" else "-"
+        cmd = [sys.executable, "-c", CHILD, str(src), str(out), method, str(args.ratio), str(workers or "-"), calib]
+        print(f"[{tag}] compressing {src}", file=sys.stderr, flush=True)
+        res = run_job(cmd, env, work / f"out-{tag}.log")
+        if res["rc"] != 0:
+            raise SystemExit(f"[{tag}] failed with exit code {res['rc']}:\n{res['log'][-3000:]}")
+        rec = json.loads(res.pop("log").strip().splitlines()[-1])
+        files = list(out.iterdir())
+        n_units = sum(1 for f in files if ".experts." in f.name)
+        run = {"dims_name": dims_name, "dims": dims, "layers": layers, "method": method, "workers": workers,
+               "ratio": args.ratio, "calib_tokens": None if method == "cur" else int(ids.size),
+               "source": infos[layers], "provenance": prov, "child": "CHILD in benchmarks/scale.py",
+               **{k: v for k, v in res.items() if k != "rc"}, "driver_peak_rss_bytes": res["peak_rss_bytes"],
+               "bytes_written": sum(f.stat().st_size for f in files), "n_output_files": len(files),
+               "expert_units": n_units, "expert_units_per_hour": 3600 * n_units / res["wall_s"], **rec}
         runs.append(run)
-        print(f"[{layers} layer(s)] {wall:.0f} s wall, {cpu:.0f} s CPU, peak RSS {rss / 2**30:.2f} GiB, wrote {written / 1e9:.2f} GB",
-              file=sys.stderr, flush=True)
+        print(f"[{tag}] {res['wall_s']:.0f} s wall, driver {res['cpu_s']:.0f} s CPU / peak RSS "
+              f"{res['peak_rss_bytes'] / 2**30:.2f} GiB; process tree peak RSS {res['tree_peak_rss_bytes'] / 2**30:.2f} "
+              f"GiB, PSS {res['tree_peak_pss_bytes'] / 2**30:.2f} GiB, CPU {res['tree_cpu_s_sampled']:.0f} s; load "
+              f"{res['load_average_1min'][0]:.1f}->{res['load_average_1min'][1]:.1f}", file=sys.stderr, flush=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
-    result = {
-        "benchmark": "scale",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git_commit": git_commit(),
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "blas_threads": args.threads,
-                    "note": "shared machine (other jobs running); wall times are under load"},
-        "concurrent_jobs": args.concurrent,
-        "dims": dims, "method": "cur (data-free: randomized DEIM, optimal U)", "ratio": args.ratio,
-        "interpreter_baseline_rss_bytes": base_rss,
-        "runs": runs,
-    }
-    if len(runs) >= 2:
-        a, b = runs[0], runs[-1]
-        ext = {}
-        for key in ("cpu_s", "wall_s"):
-            per_layer = (b[key] - a[key]) / (b["layers"] - a["layers"])
-            fixed = a[key] - per_layer * a["layers"]
-            ext[key] = {"per_layer": per_layer, "fixed": fixed, "32_layers": fixed + 32 * per_layer}
-        result["extrapolation_32_layers"] = ext | {
-            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
-            "note": "t(L) = fixed + L * per_layer from the first and last runs; peak RSS does not grow with L",
-        }
+    for r in runs:
+        r["interpreter_baseline_rss_bytes"] = base["peak_rss_bytes"]
+        if r["workers"]:
+            serial = next((s for s in runs if job_key(s) == (r["dims_name"], r["layers"], r["method"], None)), None)
+            if serial is not None:
+                r["speedup_vs_serial"] = serial["wall_s"] / r["wall_s"]
+    result = merge(Path(args.json), runs) if args.json else {"benchmark": "scale", "runs": runs}
     text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(runs, indent=1))
     if args.json:
         Path(args.json).write_text(text + "\n")
 
