@@ -16,9 +16,21 @@ from curmoe.reference import ModelConfig
 from curmoe.runtimes.base import Session
 from curmoe.runtimes.generate import empty_cache
 
-__all__ = ["session_config", "session_logits_fn", "find_tokenizer", "evaluate_wikitext2", "JOINED"]
+__all__ = ["session_config", "session_logits_fn", "find_tokenizer", "evaluate_wikitext2", "is_word_level",
+           "JOINED", "JOINED_RAW", "SUBWORD_CONTEXT"]
 
 JOINED = "lines of the split, each followed by <eos>, tokenised with the model's BPE tokenizer as one stream"
+JOINED_RAW = "raw split text (each line followed by '\\n'), one stream, model's subword tokenizer, no BOS"
+SUBWORD_CONTEXT = 1024  # default window of the subword path (a pretrained model's max_seq_len, 8192, is too long here)
+
+
+def is_word_level(tokenizer_path: str | os.PathLike[str]) -> bool:
+    """True for curmoe's own WikiText-2 tokenizers (they hold ``<eos>``, which ends every line of the word-level
+    text); False for a pretrained model's subword tokenizer (byte-level BPE: the raw text's newlines are tokens)."""
+    from curmoe.eval import EOS
+    from curmoe.models.tokenizer import load_hf_tokenizer
+
+    return load_hf_tokenizer(tokenizer_path).tok.token_to_id(EOS) is not None
 
 
 def session_config(session: Session) -> ModelConfig:
@@ -70,10 +82,33 @@ def evaluate_wikitext2(
     batch_size: int = 4,
     progress: bool = False,
 ) -> PerplexityResult:
-    """Token- and word-level perplexity of ``session`` on a WikiText-2 split (word-level text, one <eos> a line)."""
-    from curmoe.eval import load_wikitext2
-    from curmoe.models.tokenizer import encode_split, load_tokenizer
+    """Token- and word-level perplexity of ``session`` on a WikiText-2 split.
 
+    Two paths, chosen by the tokenizer:
+
+    - curmoe's word-level BPE (it has ``<eos>``): the word-level split, one ``<eos>`` a line; default context the
+      model's ``max_seq_len``, non-overlapping windows.
+    - a pretrained model's subword tokenizer (no ``<eos>``, e.g. SmolLM2's byte-level BPE): the **raw** split
+      (valid or test; raw train is not in the shared data, which raises), its text tokenised as one stream, no
+      BOS; the sliding-window recipe of the transformers perplexity guide, default context
+      ``min(max_seq_len, 1024)`` and stride ``context // 2``. Word perplexity divides by the raw split's
+      whitespace words plus one per line, prorated (as benchmarks/pretrained.py).
+    """
+    from curmoe.eval import load_wikitext2
+    from curmoe.models.tokenizer import encode_split, encode_text, load_hf_tokenizer, load_tokenizer
+
+    if not is_word_level(tokenizer_path):
+        if split == "train":
+            raise InvalidInputError(
+                "split 'train' has no raw text in the shared WikiText-2 data, and a model with a subword tokenizer "
+                f"({tokenizer_path}) is evaluated on the raw text; pass --split valid or --split test"
+            )
+        raw = load_wikitext2(split, raw=True, data_dir=data_dir)
+        ids = encode_text(load_hf_tokenizer(tokenizer_path), raw)
+        C = context or min(session_config(session).max_seq_len, SUBWORD_CONTEXT)
+        return perplexity(session_logits_fn(session), ids, n_words=raw.n_words, context=C,
+                          stride=stride if stride is not None else max(1, C // 2), batch_size=1,
+                          split=f"wikitext2-raw:{split}", joined=JOINED_RAW, max_tokens=max_tokens, progress=progress)
     data = load_wikitext2(split, data_dir=data_dir)
     ids = encode_split(load_tokenizer(tokenizer_path), data)
     cfg = session_config(session)

@@ -3,6 +3,12 @@
 The text is tokenised with the model's own tokenizer (its ``tokenizer.json``), joined into one stream with an
 ``<eos>`` after each line, and cut into ``(B, T)`` rows of the model's context (T = min(max_seq_len, 256)).
 The first ``n_tokens`` tokens are used: deterministic, so a compression is reproducible.
+
+A pretrained model's subword tokenizer (no ``<eos>``; SmolLM2's byte-level BPE) takes the text as it is: the lines
+joined by ``\n`` (every line followed by a newline, as in the file) and tokenised as one stream, no BOS; the
+newlines are tokens. ``wikitext2:train`` is then the **word-level** train text (the raw train split is not in the
+shared data; the word-level text is the raw text with rare words as ``<unk>`` and spaces around punctuation), and
+``wikitext2:valid`` / ``wikitext2:test`` are refused: they are the raw splits such a model is evaluated on.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from curmoe.common.errors import InvalidInputError
+from curmoe.eval import WikiText2Split
 
 __all__ = ["calibration_ids", "text_token_stream"]
 
@@ -28,21 +35,42 @@ def text_token_stream(spec: str, model: Any, *, data_dir: str | None = None,
             "put the tokenizer beside config.json or pass token ids from Python (compress(..., calib_ids=...))"
         )
     from curmoe.eval import load_wikitext2
-    from curmoe.models.tokenizer import encode_lines, load_tokenizer
+    from curmoe.models.tokenizer import encode_lines, encode_text, load_hf_tokenizer, load_tokenizer
+    from curmoe.runtimes.evaluate import is_word_level
 
-    tok = load_tokenizer(model.tokenizer_path)
+    word_level = is_word_level(model.tokenizer_path)
     if spec.startswith("wikitext2:"):
-        lines = load_wikitext2(spec.split(":", 1)[1], data_dir=data_dir).lines
+        split = spec.split(":", 1)[1]
+        if not word_level and split != "train":
+            raise InvalidInputError(
+                f"calibration source {spec!r}: this model has a subword tokenizer and is evaluated on raw WikiText-2 "
+                f"{split}, so calibrating on it would leak the evaluation text; pass --calib wikitext2:train "
+                "(the word-level train text) or a text file"
+            )
+        lines = load_wikitext2(split, data_dir=data_dir).lines
     else:
         f = Path(spec)
         if not f.is_file():
             raise InvalidInputError(f"calibration source {spec!r} is neither 'wikitext2:SPLIT' nor an existing text file")
         lines = tuple(f.read_text(encoding="utf-8").splitlines())
+    if word_level:
+        tok = load_tokenizer(model.tokenizer_path)
+        encode = lambda part: encode_lines(tok, part)  # noqa: E731  one <eos> after every line
+    else:
+        hf = load_hf_tokenizer(model.tokenizer_path)
+        encode = lambda part: encode_text(hf, WikiText2Split("train", True, part))  # noqa: E731  lines + "\n"
     if max_tokens is None:
-        return encode_lines(tok, lines)
+        return encode(lines)
+    if not word_level:  # one stream: a byte-level BPE may merge across line ends, so encode growing prefixes of
+        m = 2048  # the text and cut well inside them (the cut tokens are then those of the whole text)
+        while True:
+            ids = encode(lines[:m])
+            if ids.size >= max_tokens + 64 or m >= len(lines):
+                return ids
+            m *= 2
     parts, have, chunk = [], 0, 512
     for i in range(0, len(lines), chunk):
-        parts.append(encode_lines(tok, lines[i : i + chunk]))
+        parts.append(encode(lines[i : i + chunk]))
         have += parts[-1].size
         if have >= max_tokens:
             break

@@ -38,6 +38,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # sharded weights (Hugging Face layout; curmoe.compress_checkpoint)
 TOKENIZER_FILE = "tokenizer.json"
+# a pretrained model's tokenizer files beside tokenizer.json (special tokens, chat template): saved with it, so a
+# compressed or re-saved pretrained model keeps its chat template
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -152,7 +155,7 @@ def read_checkpoint(path: str | Path, *, dtype: np.dtype | None = None
 
 def write_checkpoint(path: str | Path, config: ModelConfig, tensors: dict[str, np.ndarray],
                      experts: dict[str, Linear], tokenizer: Path | None, *, dtype: np.dtype | None = None) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer.json) to directory ``path`` atomically; returns it.
+    """Write config.json + model.safetensors (+ tokenizer.json and its side files) to ``path`` atomically; returns it.
     ``dtype``: the float dtype to store (index vectors stay int64)."""
     from safetensors.numpy import save_file
 
@@ -172,5 +175,8 @@ def write_checkpoint(path: str | Path, config: ModelConfig, tensors: dict[str, n
         (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
         if tokenizer is not None and Path(tokenizer).is_file():
             shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+            for side in TOKENIZER_SIDE_FILES:
+                if (Path(tokenizer).parent / side).is_file():
+                    shutil.copyfile(Path(tokenizer).parent / side, tmp / side)
     log.info("saved %s", path)
     return path
