@@ -133,7 +133,7 @@ def _selected_ref(experts: np.ndarray, E: int) -> np.ndarray:
     return sel
 
 
-_PER_TOKEN_RANKING = ("topk", "switch", "sigmoid_bias")
+_PER_TOKEN_RANKING = ("topk", "switch", "sigmoid_bias", "select")
 
 
 def _scores(z: np.ndarray, router: RouterConfig, bias: np.ndarray | None) -> np.ndarray:

@@ -3,6 +3,8 @@
 Routers (maths in each implementation's docstring and in docs/gating.md):
 
 - ``topk``: softmax then top-k, optionally renormalised (Shazeer et al. 2017; Mixtral, Qwen-MoE, OLMoE).
+- ``select``: top-k by logit, every gate exactly 1 (MoEfication, Zhang et al. 2022): an FFN split into experts by
+  its neurons is reproduced exactly when every expert is selected.
 - ``switch``: top-1 with a per-expert capacity; overflow tokens are dropped (Fedus et al. 2021).
 - ``expert_choice``: each expert takes its top tokens up to capacity; non-causal (Zhou et al. 2022).
 - ``hash``: expert fixed by a hash of the token id (Roller et al. 2021).
@@ -27,13 +29,13 @@ from curmoe.common.checks import check_bool, check_finite, check_int, check_numb
 from curmoe.common.errors import DecodingNotSupportedError, InvalidInputError
 from curmoe.routing._capacity import route_expert_choice, route_switch
 from curmoe.routing._fixed import route_hash, route_random
-from curmoe.routing._score import route_sigmoid_bias, route_topk
+from curmoe.routing._score import route_select, route_sigmoid_bias, route_topk
 
 __all__ = ["ROUTER_KINDS", "DECODE_FALLBACKS", "RouterConfig", "Routing", "route", "update_bias"]
 
 logger = logging.getLogger(__name__)
 
-ROUTER_KINDS: tuple[str, ...] = ("topk", "switch", "expert_choice", "hash", "sigmoid_bias", "random")
+ROUTER_KINDS: tuple[str, ...] = ("topk", "switch", "expert_choice", "hash", "sigmoid_bias", "random", "select")
 DECODE_FALLBACKS: tuple[str, ...] = ("topk",)
 _DEFAULT_CAPACITY = {"switch": 1.25, "expert_choice": 1.0}
 _MAX_SEED = 1 << 31
@@ -51,7 +53,7 @@ class RouterConfig:
         kind: one of :data:`ROUTER_KINDS`.
         top_k: experts per token. ``switch`` forces 1 (any value given is replaced by 1); for ``expert_choice`` it
             is the average number of experts per token that sizes the capacity; ``hash`` and ``random`` give each
-            token ``top_k`` distinct experts with gates ``1 / top_k``.
+            token ``top_k`` distinct experts with gates ``1 / top_k``; ``select`` gives each of its ``top_k`` gates 1.
         normalize: ``topk`` / ``sigmoid_bias`` (and the ``expert_choice`` decode fallback): renormalise the k
             gates to sum to 1. Ignored by the other kinds.
         capacity_factor: ``switch`` and ``expert_choice`` only. None selects the kind's default (1.25 for switch
@@ -305,6 +307,8 @@ def route(
     capacity = None
     if kind == "topk":
         experts, gates, probs, dropped, capacity = route_topk(z, k, config.normalize)
+    elif kind == "select":
+        experts, gates, probs, dropped, capacity = route_select(z, k)
     elif kind == "switch":
         experts, gates, probs, dropped, capacity = route_switch(z, config.capacity_factor)
     elif kind == "expert_choice":

@@ -1,4 +1,4 @@
-"""Score-based routers (``topk``, ``sigmoid_bias``) and the helpers every router shares.
+"""Score-based routers (``topk``, ``select``, ``sigmoid_bias``) and the helpers every router shares.
 
 The router functions here and in ``_routers_capacity`` / ``_routers_fixed`` take validated float64 logits and
 return a plain tuple ``(experts, gates, probs, dropped, capacity)``; :func:`curmoe.route` wraps it in a
@@ -17,6 +17,7 @@ __all__ = [
     "stable_topk",
     "order_slots",
     "route_topk",
+    "route_select",
     "route_sigmoid_bias",
 ]
 
@@ -96,6 +97,26 @@ def route_topk(logits: np.ndarray, top_k: int, normalize: bool) -> RouterOutput:
     if normalize and gates.size:
         gates = gates / gates.sum(axis=1, keepdims=True)  # the top prob is >= 1/E > 0, so the sum is > 0
     return experts, gates, probs, np.zeros(len(probs), dtype=bool), None
+
+
+def route_select(logits: np.ndarray, top_k: int) -> RouterOutput:
+    """Top-k selection with unit gates (MoEfication, Zhang et al. 2022; LLaMA-MoE, Zhu et al. 2024).
+
+    ``S = TopK(z, k)`` on the raw logits (ties to the lower index) and ``g_i = 1`` for i in S: the layer's output
+    is the plain sum of the selected experts. An FFN split into E experts by its neurons is therefore reproduced
+    exactly at ``k = E`` (every gate is exactly 1, whatever the router weights), and at ``k < E`` the router only
+    chooses which neuron groups run. ``probs`` is ``softmax(z)`` (for the balance metrics only).
+
+    Args:
+        logits: (N, E) float64 finite logits.
+        top_k: experts per token, 1 <= top_k <= E.
+
+    Returns:
+        ``(experts, gates = 1, probs, dropped, None)``; nothing is ever dropped.
+    """
+    experts = np.sort(stable_topk(logits, top_k), axis=1)  # (N, k), chosen by the logits; equal gates: index order
+    gates = np.ones(experts.shape, dtype=np.float64)  # (N, k), exactly 1
+    return experts, gates, softmax64(logits), np.zeros(len(logits), dtype=bool), None
 
 
 def route_sigmoid_bias(

@@ -79,6 +79,11 @@ def router(g: GraphBuilder, ctx: Context, moe: MoEConfig, l: int, x: str, t: dic
         if rc.normalize:
             vals = g.op("Div", [vals, g.op("ReduceSum", [vals, g.const([-1])], f"{p}.gsum", keepdims=1)], f"{p}.gnorm")
         sel, comb = _scatter(g, idx, vals, z, p)
+    elif kind == "select":  # top-k by logit, every gate exactly 1 (as curmoe.routing._score.route_select)
+        _, idx = g.op("TopK", [z, g.const([k])], f"{p}.topk", outputs=2, axis=-1, largest=1, sorted=1)
+        vals = g.op("ConstantOfShape", [g.op("Shape", [idx], f"{p}.shape_nk_s")], f"{p}.select_gates",
+                    value=_tensor(1.0))
+        sel, comb = _scatter(g, idx, vals, z, p)
     elif kind == "sigmoid_bias":
         s = g.op("Sigmoid", [z], f"{p}.scores")
         biased = g.op("Add", [s, g.weight(f"{p}.bias", t[f"{p}.bias"], np.float32)], f"{p}.biased")
@@ -141,7 +146,7 @@ def router(g: GraphBuilder, ctx: Context, moe: MoEConfig, l: int, x: str, t: dic
     else:
         raise InvalidInputError(
             f"router kind={kind!r} has no ONNX export (its draws depend on NumPy's generator per routing group); "
-            "export a model with a topk, switch, hash, sigmoid_bias or expert_choice router"
+            "export a model with a topk, select, switch, hash, sigmoid_bias or expert_choice router"
         )
     sel = g.op("And", [sel, ctx.real_b], outputs=[routing_selected(l)])  # padding tokens go nowhere
     comb = g.op("Mul", [comb, ctx.real_f32], f"{p}.combine")

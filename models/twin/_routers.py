@@ -2,7 +2,7 @@
 
 Maths as in docs/gating.md: ``topk`` (Shazeer et al. 2017), ``switch`` with per-sequence capacity (Fedus et al.
 2021), ``expert_choice`` (Zhou et al. 2022), ``hash`` (Roller et al. 2021), ``sigmoid_bias`` (DeepSeek-V3, Liu et
-al. 2024: the bias steers selection only) and ``random``. Probabilities are computed in float64 like the reference
+al. 2024: the bias steers selection only), ``random`` and ``select`` (unit gates, MoEfication). Probabilities are computed in float64 like the reference
 (gates come back in the activations' dtype and carry gradients to the router), and every selection is a stable sort
 of the negated scores, so ties break toward the lower expert (or token) index, as ONNX ``TopK`` does.
 
@@ -83,6 +83,17 @@ def _topk(logits: torch.Tensor, k: int, normalize: bool) -> TorchRouting:
     if normalize and gates.numel():
         gates = gates / gates.sum(dim=1, keepdim=True)
     return TorchRouting(experts, gates, probs, torch.zeros(len(probs), dtype=torch.bool, device=probs.device))
+
+
+def _select(logits: torch.Tensor, k: int) -> TorchRouting:
+    """``select``: top-k by logit, every gate exactly 1 in the forward pass. The gates are a straight-through
+    estimator ``1 + (s - stop_grad(s))`` with ``s = sigmoid(z)``, so the value is exactly 1 (``s - s`` is 0 in
+    floating point) while the gradient reaches the router: d gate_i / d z_i = s_i (1 - s_i)."""
+    z = logits.to(torch.float64)
+    experts = torch.sort(stable_topk(z.detach(), k), dim=1).values  # (N, k) chosen by logit, in index order
+    s = torch.sigmoid(z).gather(1, experts)  # (N, k)
+    gates = 1.0 + (s - s.detach())
+    return TorchRouting(experts, gates, _softmax64(logits), torch.zeros(len(z), dtype=torch.bool, device=z.device))
 
 
 def _sigmoid_bias(logits: torch.Tensor, cfg: RouterConfig, bias: torch.Tensor | None) -> TorchRouting:
@@ -180,6 +191,8 @@ def route_torch(
         raise InvalidInputError(f"top_k={k} is out of range for {e} experts; pass 1 <= top_k <= {e}")
     if kind == "topk":
         r = _topk(logits, k, cfg.normalize)
+    elif kind == "select":
+        r = _select(logits, k)
     elif kind == "sigmoid_bias":
         r = _sigmoid_bias(logits, cfg, bias)
     elif kind == "hash":
