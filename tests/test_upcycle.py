@@ -217,3 +217,36 @@ def test_cli_upcycle_writes_an_moe_checkpoint(tmp_path, capsys) -> None:
     assert main(["upcycle", str(out), "-o", str(tmp_path / "x"), "--calib", "none", "--experts", "2",
                  "--top-k", "1"]) == 2  # an MoE model is not upcycled again
     assert "every layer must be dense" in capsys.readouterr().err
+
+
+# --- the results page ------------------------------------------------------------------------------------------
+def test_upcycle_page_renders_both_blocks_and_says_what_is_missing() -> None:
+    from curmoe.app.report_upcycle import upcycle_page
+
+    assert "run `python benchmarks/upcycle.py routers`" in upcycle_page({})
+    ev = {"split": "valid (raw)", "runtime": "onnxruntime cpu float32", "threads": 1, "context": 512, "stride": 256,
+          "tokens": 2048}
+    prov = {"command": "python benchmarks/upcycle.py routers", "commit": "abc1234", "utc": "2026-11-30 06:00",
+            "machine": "x86_64, 2 CPUs"}
+    layer = {"loss_before": 0.7, "loss_after": 0.6, "loss_greedy_oracle": 0.5}
+    routers = {"provenance": prov, "experts": 8, "calib": "word-level train", "eval": ev, "rows": [
+        {"k": "dense", "ppl_token": 10.0, "ppl_word": 20.0},
+        {"k": 2, "ppl_token": 40.0, "ppl_word": 90.0, "active_ffn_share": 0.25,
+         "report": {"layers": [layer] * 2, "mean_loss_before": 0.7, "mean_loss_after": 0.6, "steps": 200,
+                    "train_tokens": 3584, "partition_s": 37.0, "collect_s": 50.0, "train_s": 90.0}},
+        {"k": 8, "ppl_token": 10.0, "ppl_word": 20.0, "active_ffn_share": 1.0,
+         "report": {"layers": [], "partition_s": 37.0, "collect_s": 0.0, "train_s": 0.0}}]}
+    val = {"onnxruntime:cpu": {"passed": True, "max_rel_err": 1e-6}, "openvino:cpu": {"passed": False,
+                                                                                     "max_rel_err": 1e-2}}
+    pipe = {"provenance": prov, "moe": "/tmp/up/k4", "router": {"kind": "select", "top_k": 4}, "experts": 8,
+            "ratio_count": "expert params", "calib": "word-level train", "eval": ev, "rows": [
+                {"method": "upcycled", "ratio_target": 0.0, "ratio_expert_params": 0.0, "ppl_token": 20.0,
+                 "ppl_word": 40.0, "validation": val},
+                {"method": "svd", "ratio_target": 0.5, "ratio_expert_params": 0.5, "ppl_token": 50.0,
+                 "ppl_word": 99.0, "mean_output_error": 0.4, "compress_s": 3.0, "validation": val}]}
+    page = upcycle_page({"routers": routers, "pipeline": pipe})
+    assert "| k = 2 of 8 | 25.0% | 40.00 | 90.00 | 4.00x | 0.700 -> 0.600 | 0.500 | 200 x 2 | 3,584 | 37 + 50 + 90 |" \
+        in page
+    assert "| k = 8 of 8 | 100.0% | 10.00 | 20.00 | 1.00x | 0 (exact) |" in page
+    assert "| svd | 50% | 50.0% | 50.00 | 99.00 | 2.50x | 0.400 | 3.0 | pass (1.0e-06) | **FAIL** (1.0e-02) |" in page
+    assert "commit `abc1234`" in page
