@@ -142,16 +142,18 @@ def main(argv: list[str] | None = None) -> int:
                         path = onnx_path if rt == "onnxruntime" else export_openvino_ir(
                             onnx_path, tmp / f"{name}.xml", routing_outputs=True)
                         v = validate(path, m, RUNTIMES[rt], **opts)
-                        row["validation"] = {"passed": v.passed, "max_rel_err_all": v.max_rel_err_all,
+                        row["validation"] = {"passed": v.passed, "max_rel_err": v.max_rel_err,
+                                             "max_rel_err_all": v.max_rel_err_all,
                                              "routing_agreement": v.routing_agreement, "ppl_rel_diff": v.ppl_rel_diff,
-                                             "failures": list(v.failures)}
+                                             "hard_flips": v.hard_flips, "failures": list(v.failures)}
                     else:
                         path = tmp / f"{name}-{prec}{suffix}"
                         qr = quantize(onnx_path, QuantizeConfig(bits=int(prec[3:]), runtime=rt,
                                                                 block_size=args.block_size), path)
                         row["int8_backup"] = len(qr.info.get("int8_backup", []))
                         v = validate_quantized(path, m, RUNTIMES[rt], **opts)
-                        row["validation"] = {"passed": v.passed, "max_rel_err_all": v.max_rel_err_all,
+                        row["validation"] = {"passed": v.passed, "max_rel_err": v.max_rel_err,
+                                             "max_rel_err_all": v.max_rel_err_all,
                                              "routing_agreement": v.routing_agreement, "ppl_rel_diff": v.ppl_rel_diff,
                                              "top1_agreement": v.top1_agreement, "hard_flips": v.hard_flips,
                                              "failures": list(v.failures)}
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     write_results(args.out, results)
                     print(f"{name} {rt} {prec}: ppl {r.ppl_token:.3f}, {row['bytes_on_disk']} B, experts "
                           f"{row['expert_bytes']} B, valid {row['validation']['passed']} "
-                          f"({row['validation']['max_rel_err_all']:.3g}), {row['total_s']} s", flush=True)
+                          f"({row['validation']['max_rel_err']:.3g}), {row['total_s']} s", flush=True)
                     if path != onnx_path:
                         for f in (path, path.with_suffix(".bin")):
                             if f.suffix in (".xml", ".bin", ".onnx") and f.exists():
