@@ -251,3 +251,29 @@ def test_cli_compress_streams_a_sharded_folder(tmp_path, capsys):
     compress_checkpoint(tmp_path / "src", tmp_path / "api", curmoe.CURConfig(ratio=0.5), progress=False)
     a, b = read_sharded(tmp_path / "o"), read_sharded(tmp_path / "api")
     assert a.keys() == b.keys() and all(np.array_equal(a[k][1], b[k][1]) for k in a)
+
+
+def test_source_reads_through_the_common_parser(tmp_path):
+    """SafetensorsSource (streamed reads, one tensor at a time) and curmoe.common.safetensors.read_tensors
+    (curmoe.load) give the same arrays, BF16 widened the same way; a cut or corrupt shard is a CheckpointError."""
+    from curmoe.common.safetensors import read_tensors
+
+    model = baby_model(dtype=np.float32, moe={"d_ff": 16})
+    model.save(tmp_path / "src")
+    _shard(tmp_path / "src", tmp_path / "bf16", bf16=True)
+    src = SafetensorsSource(tmp_path / "bf16")
+    whole = {n: a for f in src.files for n, a in read_tensors(f).items()}
+    assert whole.keys() == src.info.keys() and any(t.dtype == "BF16" for t in src.info.values())
+    for n, a in whole.items():
+        got = src.read(n)
+        assert got.dtype == (np.int64 if a.dtype.kind in "iu" else np.float32), n
+        np.testing.assert_array_equal(got, a, err_msg=n)
+    f = src.files[0]
+    data = f.read_bytes()
+    f.write_bytes(data[:-3])
+    with pytest.raises(curmoe.CheckpointError, match=r"is not a readable safetensors file \(tensor .* data_offsets .*"
+                                                     r"re-save or re-download it"):
+        SafetensorsSource(tmp_path / "bf16")
+    f.write_bytes(b"\xff" * 8 + data[8:])
+    with pytest.raises(curmoe.CheckpointError, match=r"header length \d+ does not fit in a file"):
+        SafetensorsSource(tmp_path / "bf16")

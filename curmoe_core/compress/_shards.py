@@ -1,14 +1,11 @@
-"""Safetensors files read one tensor at a time and written one shard at a time, bfloat16 included.
+"""Safetensors checkpoints read one tensor at a time and written one shard at a time, bfloat16 included.
 
-NumPy has no bfloat16 (``safetensors.numpy`` and ``safe_open(framework="numpy")`` refuse BF16), so this module
-parses the safetensors layout itself: an 8-byte little-endian header length, a JSON header ``{name: {dtype,
-shape, data_offsets}}`` and the raw little-endian data. A tensor is read with one ``readinto`` into an array of
-its own (file-backed pages are never mapped, so the resident memory is exactly the tensors held), and BF16 is
-widened to float32 bit for bit (bf16 is the top half of a float32). Writing rounds float32 to bf16 to nearest
-even, as torch does.
-
-A source checkpoint is a folder with ``model.safetensors`` (a curmoe model) or Hugging Face-style shards with
-``model.safetensors.index.json`` (``{"weight_map": {name: shard file}}``).
+Reading goes through the one safetensors parser, :mod:`curmoe.common.safetensors` (header checked against the
+file, one ``readinto`` per tensor into an array of its own, so file pages are never mapped and the resident
+memory is exactly the tensors held; BF16 read as uint16 bits and widened to float32 bit for bit); this module
+adds the checkpoint folder (:class:`SafetensorsSource`: ``model.safetensors``, or Hugging Face-style shards with
+``model.safetensors.index.json`` ``{"weight_map": {name: shard file}}``), its errors, and the writer: float32
+rounded to bf16 to nearest even, as torch does, each shard fsynced.
 """
 
 from __future__ import annotations
@@ -17,12 +14,17 @@ import hashlib
 import json
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+from curmoe.common import safetensors as st
 from curmoe.common.errors import CheckpointError
+from curmoe.common.safetensors import TensorInfo, from_bf16_bits
+
+T = TypeVar("T")
 
 __all__ = [
     "INDEX_FILE",
@@ -39,18 +41,9 @@ __all__ = [
 
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
-# safetensors dtype names <-> NumPy; "BF16" is stored as uint16 bit patterns.
-_NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-       "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "BF16": np.uint16}
+# NumPy -> safetensors dtype names for the writer ("BF16" tensors are passed as uint16 bit patterns).
 _NAME = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
          np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8", np.dtype(np.int8): "I8"}
-
-
-def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) -> float32, exactly."""
-    wide = bits.astype(np.uint32)  # one (.., 4-byte) array, shifted in place: no second temporary
-    wide <<= np.uint32(16)
-    return wide.view(np.float32)
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -68,40 +61,16 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return from_bf16_bits(to_bf16_bits(x))
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    file: Path
-    dtype: str  # safetensors name: "BF16", "F16", ...
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file
-    nbytes: int
-
-
-def _header(path: Path) -> tuple[dict[str, object], int]:
-    """(header dict, offset of the data) of one safetensors file."""
+def _checked(path: Path, fn: Callable[[Path], T]) -> T:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ValueError("shorter than 8 bytes")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ValueError(f"header length {n} is implausible")
-            head = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
+        return fn(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({e}); re-save or re-download it") from e
-    return head, 8 + n
 
 
 def tensor_infos(path: Path) -> dict[str, TensorInfo]:
-    head, base = _header(path)
-    out = {}
-    for name, h in head.items():
-        if name == "__metadata__":
-            continue
-        a, b = h["data_offsets"]
-        out[name] = TensorInfo(path, h["dtype"], tuple(h["shape"]), base + a, b - a)
-    return out
+    """Where each tensor of one file lies (:func:`curmoe.common.safetensors.tensor_infos`, as a CheckpointError)."""
+    return _checked(Path(path), st.tensor_infos)
 
 
 class SafetensorsSource:
@@ -135,7 +104,7 @@ class SafetensorsSource:
         """Identity of the source without reading its data: each file's name, size and header hash."""
         out = {}
         for f in self.files:
-            head, _base = _header(f)
+            head, _base = _checked(f, st.read_header)
             out[f.name] = {"size": f.stat().st_size,
                            "header_sha256": hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()}
         return out
@@ -145,15 +114,10 @@ class SafetensorsSource:
         t = self.info.get(name)
         if t is None:
             raise CheckpointError(f"tensor {name!r} is not in {str(self.folder)!r}; the checkpoint does not match its config")
-        a = np.empty(t.shape, _NP[t.dtype])
-        if a.nbytes != t.nbytes:
-            raise CheckpointError(f"tensor {name!r} in {str(t.file)!r} has {t.nbytes} bytes for shape {t.shape} "
-                                  f"{t.dtype}; the file is corrupt")
-        with open(t.file, "rb") as f:
-            f.seek(t.start)
-            if f.readinto(memoryview(a.reshape(-1)).cast("B")) != t.nbytes:
-                raise CheckpointError(f"{str(t.file)!r} is truncated (tensor {name!r}); re-download it")
-        return a
+        try:
+            return st.read_tensor(t)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{str(t.file)!r} is truncated (tensor {name!r}: {e}); re-download it") from e
 
     def read(self, name: str, dtype: np.dtype | None = None) -> np.ndarray:
         """Tensor ``name`` as curmoe computes with it: BF16 -> float32, float16 -> float32 (or ``dtype`` for all
@@ -199,7 +163,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, tuple[str, np.nd
     infos = tensor_infos(Path(path))
     with open(path, "rb") as f:
         buf = f.read()
-    return {n: (t.dtype, np.frombuffer(buf, _NP[t.dtype], count=int(np.prod(t.shape, dtype=np.int64)),
+    return {n: (t.dtype, np.frombuffer(buf, t.stored_dtype, count=int(np.prod(t.shape, dtype=np.int64)),
                                        offset=t.start).reshape(t.shape)) for n, t in infos.items()}
 
 
