@@ -250,3 +250,20 @@ def test_upcycle_page_renders_both_blocks_and_says_what_is_missing() -> None:
     assert "| k = 8 of 8 | 100.0% | 10.00 | 20.00 | 1.00x | 0 (exact) |" in page
     assert "| svd | 50% | 50.0% | 50.00 | 99.00 | 2.50x | 0.400 | 3.0 | pass (1.0e-06) | **FAIL** (1.0e-02) |" in page
     assert "commit `abc1234`" in page
+
+
+def test_core_ml_program_routes_as_the_reference(tmp_path) -> None:
+    pytest.importorskip("coremltools")
+    from curmoe.exporters import CoreMLExportConfig, export
+    from curmoe.runtimes import load
+
+    moe, _ = upcycle(dense_baby(), UpcycleConfig(n_experts=4, top_k=2, steps=0))
+    sess = load(export(moe, CoreMLExportConfig(max_batch=2), tmp_path / "u.mlpackage"), "coreml:mil")
+    ids = random_ids(moe, 2, 7)
+    out = sess.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    ref = moe.run(ids)
+    assert np.abs(out["logits"] - ref.logits).max() <= 2e-5 * np.abs(ref.logits).max()
+    sel = np.zeros((14, 4), bool)
+    for i, experts in enumerate(e for r in ref.routings[0] for e in r.experts):
+        sel[i, experts] = True
+    np.testing.assert_array_equal(out["routing.0.selected"].astype(bool).reshape(14, 4), sel)

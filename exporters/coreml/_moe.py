@@ -68,6 +68,11 @@ def router(g: MilBuilder, ctx: MilContext, moe: MoEConfig, l: int, x: Any, t: di
         if rc.normalize:
             vals = mb.real_div(x=vals, y=mb.reduce_sum(x=vals, axes=[-1], keep_dims=True))
         sel, comb = _slots(idx, vals, E)
+    elif kind == "select":  # top-k by logit, every gate exactly 1 (curmoe.routing._score.route_select)
+        _, idx = mb.topk(x=z, k=k, axis=-1, ascending=False)  # (B, T, k)
+        oh = mb.one_hot(indices=idx, one_hot_vector_size=E, axis=-1, on_value=np.float32(1), off_value=np.float32(0))
+        sel = mb.greater(x=mb.reduce_max(x=oh, axes=[-2], keep_dims=False), y=np.float32(0))  # (B, T, E)
+        comb = mb.cast(x=sel, dtype="fp32")
     elif kind == "sigmoid_bias":
         s = mb.sigmoid(x=z)
         biased = mb.add(x=s, y=g.weight(f"{p}.bias", t[f"{p}.bias"], np.float32))
