@@ -284,6 +284,11 @@ class OpenVINOSession(SpecSession):
         return dict(self._meta)
 
     # Introspection -----------------------------------------------------------------------------------------------
+    def profiling_info(self) -> list[Any]:
+        """OpenVINO's per-node timings of the last ``run`` (``openvino.ProfilingInfo``: node_name, node_type,
+        exec_type, status, real_time); load with ``properties={"PERF_COUNT": True}`` or it is empty."""
+        return list(self._req.profiling_info)
+
     def layer_types(self) -> dict[str, int]:
         """Count of the compiled (runtime) model's layer types, e.g. {"FullyConnected": 35, "RMS": 5, ...}."""
         rt = self._compiled.get_runtime_model()
