@@ -48,7 +48,7 @@ METHODS: dict[str, Callable[[float], Any]] = {
 
 def _results(path: str) -> dict[str, Any]:
     p = Path(path)
-    return json.loads(p.read_text()) if p.is_file() else {"model": NAME}
+    return json.loads(p.read_text()) if p.is_file() else {"model": NAME, "rows": []}
 
 
 def _calib(model: curmoe.Model, args: argparse.Namespace) -> np.ndarray:
@@ -114,7 +114,7 @@ def routers(args: argparse.Namespace) -> int:
               "eval": {"split": "valid (raw)", "runtime": "onnxruntime cpu float32", "threads": args.threads,
                        "context": args.context, "stride": args.stride, "tokens": args.tokens},
               "n_params_dense": dense.n_params()}
-    out["routers"] = block
+    out["routers"], out["provenance"] = block, prov
     done = {r["k"] for r in block["rows"]}
     if "dense" not in done:
         row = {"k": "dense"} | _ppl(dense, tmp, "dense", args)
@@ -162,7 +162,7 @@ def pipeline(args: argparse.Namespace) -> int:
               "eval": {"split": "valid (raw)", "runtime": "onnxruntime cpu float32", "threads": args.threads,
                        "context": args.context, "stride": args.stride, "tokens": args.tokens},
               "validated_on": ["onnxruntime:cpu", "openvino:cpu"], "expert_params": moe.n_expert_params()}
-    out["pipeline"] = block
+    out["pipeline"], out["provenance"] = block, prov
     done = {(r["method"], r["ratio_target"]) for r in block["rows"]}
     if ("upcycled", 0.0) not in done:
         row = {"method": "upcycled", "ratio_target": 0.0, "ratio_expert_params": 0.0, "compress_s": 0.0}
