@@ -8,7 +8,7 @@ Activations are kept 2-D (tokens, features) for every linear map, so each MatMul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,28 @@ class ExternalData:
         for k, v in (("location", self.location), ("offset", str(self._offset)), ("length", str(arr.nbytes))):
             t.external_data.add(key=k, value=v)
         self._offset += arr.nbytes
+        return t
+
+    def stacked(self, parts: Iterable[np.ndarray], shape: tuple[int, ...], dtype: np.dtype, name: str
+                ) -> onnx.TensorProto:
+        """Append ``np.stack(parts)`` (``shape``) one part at a time (only one part is ever in memory)."""
+        pad = (-self._offset) % self.ALIGN
+        if pad:
+            self._f.write(b"\0" * pad)
+            self._offset += pad
+        start, want = self._offset, tuple(shape[1:])
+        for part in parts:
+            if part.shape != want or part.dtype != dtype:
+                raise ValueError(f"stacked initializer {name!r}: part {part.shape} {part.dtype}, want {want} {dtype}")
+            self._f.write(memoryview(np.ascontiguousarray(part)).cast("B"))
+            self._offset += part.nbytes
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self._offset - start != n:
+            raise ValueError(f"stacked initializer {name!r}: {self._offset - start} bytes written, want {n}")
+        t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), dims=shape,
+                             data_location=onnx.TensorProto.EXTERNAL)
+        for k, v in (("location", self.location), ("offset", str(start)), ("length", str(n))):
+            t.external_data.add(key=k, value=v)
         return t
 
 
@@ -150,6 +172,20 @@ class GraphBuilder:
             return name
         self._weights.add(name)
         return self.init(name, np.asarray(array).astype(dtype or self.act, copy=False))
+
+    def stacked_weight(self, name: str, shape: tuple[int, ...], part: Callable[[int], np.ndarray]) -> str:
+        """A weight of ``shape`` whose slice ``[i]`` is ``part(i)`` (cast to the activation dtype): written part by part
+        to the external data file when there is one, so a stacked copy of every expert never sits in memory."""
+        self._weights.add(name)
+        self._init_names.add(name)
+        parts = (np.asarray(part(i)).astype(self.act, copy=False) for i in range(shape[0]))
+        nbytes = int(np.prod(shape)) * self.act.itemsize
+        if self.external is not None and nbytes >= ExternalData.MIN_BYTES:
+            self.initializers.append(self.external.stacked(parts, shape, self.act, name))
+        else:
+            self.initializers.append(numpy_helper.from_array(np.stack(list(parts)), name))
+        self.weight_bytes += nbytes
+        return name
 
     def weight_t(self, name: str, array: np.ndarray, dtype: np.dtype | None = None) -> str:
         """Add W (out, in) as initializer ``name`` and return ``Transpose(W)`` (in, out), built once per weight."""

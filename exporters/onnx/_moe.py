@@ -84,20 +84,26 @@ def _fused(g: GraphBuilder, x: str, z: str, cfg: ModelConfig, l: int, experts: d
     CPU kernel requires); fc2 (E, d, f) the down matrices; activation ``G * sigmoid(alpha G) * (L + beta)`` with
     alpha = 1, beta = 0 and no clamp is silu(gate x) * up x.
     """
-    moe, E = cfg.moe, cfg.moe.n_experts
+    moe, E, d = cfg.moe, cfg.moe.n_experts, cfg.d_model
     # Neuron-CUR experts keep f_e <= d_ff neurons each: zero-pad them to the largest f, which is exact
     # (a zero gate row and zero up row give silu(0) * 0 = 0, times a zero column of down).
     f = max(experts[expert_key(l, e, "down")].shape[1] for e in range(E))
 
-    def padded(name: str, axis: int) -> np.ndarray:
-        mats = [experts[expert_key(l, e, name)].dense() for e in range(E)]
-        return np.stack([np.pad(m, [(0, f - m.shape[axis]) if a == axis else (0, 0) for a in range(2)]) for m in mats])
+    def fc1_part(e: int) -> np.ndarray:  # (2 f, d): rows g0, u0, g1, u1, ..., zero rows past 2 f_e
+        gate, up = experts[expert_key(l, e, "gate")].dense(), experts[expert_key(l, e, "up")].dense()  # (f_e, d)
+        out = np.zeros((2 * f, d), g.act)
+        out[0:2 * gate.shape[0]:2], out[1:2 * up.shape[0]:2] = gate, up
+        return out
 
-    gate, up = padded("gate", 0), padded("up", 0)  # (E, f, d)
-    down = padded("down", 1)  # (E, d, f)
-    fc1 = np.stack([gate, up], axis=2).reshape(E, 2 * f, cfg.d_model)  # interleaved rows
-    fc1 = g.weight(f"layers.{l}.experts.fc1_interleaved", fc1)
-    fc2 = g.weight(f"layers.{l}.experts.fc2", down)
+    def fc2_part(e: int) -> np.ndarray:  # (d, f): down, zero columns past f_e
+        down = experts[expert_key(l, e, "down")].dense()  # (d, f_e)
+        out = np.zeros((d, f), g.act)
+        out[:, :down.shape[1]] = down
+        return out
+
+    # one expert's slice at a time: a stacked copy of every expert never sits in memory beside the model
+    fc1 = g.stacked_weight(f"layers.{l}.experts.fc1_interleaved", (E, 2 * f, d), fc1_part)
+    fc2 = g.stacked_weight(f"layers.{l}.experts.fc2", (E, d, f), fc2_part)
     return g.op("MoE", [x, g.to_act(z), fc1, "", fc2], f"layers.{l}.fused_moe", domain="com.microsoft",
                 k=moe.router.top_k, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
                 activation_beta=0.0, normalize_routing_weights=int(moe.router.normalize))
