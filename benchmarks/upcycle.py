@@ -54,7 +54,8 @@ def _results(path: str) -> dict[str, Any]:
 def _calib(model: curmoe.Model, args: argparse.Namespace) -> np.ndarray:
     from curmoe.app.calibdata import calibration_ids
 
-    return calibration_ids("wikitext2:train", model, data_dir=args.data_dir, n_tokens=args.calib_tokens, seq_len=512)
+    return calibration_ids("wikitext2:train", model, data_dir=args.data_dir, n_tokens=args.calib_tokens,
+                           seq_len=min(512, model.config.max_seq_len))
 
 
 def _ppl(model: curmoe.Model, folder: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
