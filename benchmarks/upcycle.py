@@ -159,7 +159,8 @@ def pipeline(args: argparse.Namespace) -> int:
     block |= {"provenance": prov, "moe": str(args.moe), "router": moe.config.moe.router.to_dict(),
               "experts": moe.config.moe.n_experts, "calib": f"word-level WikiText-2 train, first {calib.size} "
               f"tokens (model's tokenizer), {calib.shape[0]} rows of 512",
-              "ratio_count": "share of expert parameters removed (the 30 x 8 experts = the dense FFNs)",
+              "ratio_count": f"share of expert parameters removed ({moe.config.n_layers} layers x "
+                             f"{moe.config.moe.n_experts} experts = the dense FFNs)",
               "eval": {"split": "valid (raw)", "runtime": "onnxruntime cpu float32", "threads": args.threads,
                        "context": args.context, "stride": args.stride, "tokens": args.tokens},
               "validated_on": ["onnxruntime:cpu", "openvino:cpu"], "expert_params": moe.n_expert_params()}
