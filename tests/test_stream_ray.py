@@ -170,3 +170,25 @@ def test_without_ray_workers_give_the_install_line(src, tmp_path, monkeypatch, c
                "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].endswith("pip install 'curmoe[ray]'") and "Traceback" not in "".join(err)
+
+
+def test_serial_run_stopped_part_way_resumes_on_workers(cluster, src, tmp_path, monkeypatch):
+    from curmoe.compress import _stream
+
+    cfg = curmoe.NeuronConfig(ratio=0.5, allocation="uniform")
+    compress_checkpoint(src[0], tmp_path / "serial", cfg, calib_ids=src[1], progress=False)
+    real, calls = _stream.write_safetensors, []
+
+    def write(path, tensors, **kw):  # the driver's writer (serial path) stops the run at its 5th shard
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real(path, tensors, **kw)
+
+    monkeypatch.setattr(_stream, "write_safetensors", write)
+    with pytest.raises(KeyboardInterrupt):
+        compress_checkpoint(src[0], tmp_path / "out", cfg, calib_ids=src[1], progress=False)
+    monkeypatch.undo()
+    assert len((tmp_path / "out.partial" / "manifest.jsonl").read_text().splitlines()) == 5  # header + 4 units
+    compress_checkpoint(src[0], tmp_path / "out", cfg, calib_ids=src[1], workers=2, progress=False)
+    _assert_same(tmp_path / "serial", tmp_path / "out")

@@ -89,7 +89,7 @@ class RayPool:
     def close(self) -> None:
         """Cancel what is still queued; shut the cluster down if this pool started it."""
         for ref in list(self._pending):
-            self._ray.cancel(ref, force=True)
+            self._ray.cancel(ref)  # not force: a forced cancel kills the worker, and a new one must start
         self._pending.clear()
         if self._own and self._ray.is_initialized():
             self._ray.shutdown()
