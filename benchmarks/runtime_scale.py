@@ -18,7 +18,9 @@ attention, norms, router, LM head) are the dense model's.
 Roofline of a decode step (``curmoe.app.bench.decode_bytes`` generalised to a batch): the non-expert weights (the
 embedding table excepted: one row per token), plus per MoE layer the experts the batch touches (expected number
 of distinct experts when each of B tokens picks top_k of E uniformly: ``E (1 - (1 - k/E)^B)``) at their average
-size, times the bytes per weight of the export; divided by the measured single-thread copy bandwidth
+size, times the bytes per weight read: 4, and 2 for float16 exports on OpenVINO (it keeps f16 constants; counted
+as read at 2 bytes). ONNX Runtime's CPU provider casts float16 initializers to float32 at load (no x86 float16
+GEMM), so its float16 rows read 4 bytes per weight and are counted so; divided by the measured single-thread copy bandwidth
 (``curmoe.app.bench.copy_bandwidth``). Every runtime runs with ``--threads`` intra-op threads (default 1, the
 bandwidth is measured with one thread too).
 
@@ -199,11 +201,13 @@ def measure(row: tuple[str, str, str, dict[str, Any], dict[str, Any]], path: Pat
         print(f"  {label}: {type(e).__name__}: {e}", file=sys.stderr)
         return {"row": label, "model": key, "runtime": runtime, "export": opts,
                 "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    # ONNX Runtime's CPU provider has no x86 float16 GEMM: it casts float16 initializers to float32 at load
+    # (InsertCastTransformer), so its float16 rows read float32 weights; OpenVINO keeps f16 weights compressed
+    bytes_per = 2 if opts.get("dtype") == "float16" and runtime.startswith("openvino") else 4
     out: dict[str, Any] = {"row": label, "model": key, "runtime": runtime, "export": opts, "runtime_options": ropts
-                           | extra, "load_s": time.perf_counter() - t1}
+                           | extra, "load_s": time.perf_counter() - t1, "bytes_per_weight_read": bytes_per}
     r = Runner(sess, cfg.vocab_size)
     r.decode(1, 2)  # warm-up
-    bytes_per = 2 if opts.get("dtype") == "float16" else 4
     for b in batches:
         dec = min(r.decode(b, args.steps) for _ in range(args.repeats))
         tps = b * args.steps / dec
