@@ -51,6 +51,13 @@ def _results(path: str) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {"model": NAME, "rows": []}
 
 
+def _save(path: str, key: str, block: dict[str, Any], prov: dict[str, Any]) -> None:
+    """Write ``block`` as ``key`` of the results file, re-reading it first: the two parts may run at once."""
+    out = _results(path)
+    out[key], out["provenance"] = block, prov
+    write_results(path, out)
+
+
 def _calib(model: curmoe.Model, args: argparse.Namespace) -> np.ndarray:
     from curmoe.app.calibdata import calibration_ids
 
@@ -115,12 +122,11 @@ def routers(args: argparse.Namespace) -> int:
               "eval": {"split": "valid (raw)", "runtime": "onnxruntime cpu float32", "threads": args.threads,
                        "context": args.context, "stride": args.stride, "tokens": args.tokens},
               "n_params_dense": dense.n_params()}
-    out["routers"], out["provenance"] = block, prov
     done = {r["k"] for r in block["rows"]}
     if "dense" not in done:
         row = {"k": "dense"} | _ppl(dense, tmp, "dense", args)
         block["rows"].append(row)
-        write_results(args.out, out)
+        _save(args.out, "routers", block, prov)
         print(f"dense: ppl {row['ppl_token']:.3f}", flush=True)
     for k in (int(x) for x in args.ks.split(",")):
         if k in done:
@@ -137,7 +143,7 @@ def routers(args: argparse.Namespace) -> int:
         row = {"k": k, "upcycle_s": round(total, 1), "report": r, "n_params": moe.n_params(),
                "active_ffn_share": k / args.experts} | _ppl(moe, tmp, f"k{k}", args)
         block["rows"].append(row)
-        write_results(args.out, out)
+        _save(args.out, "routers", block, prov)
         print(f"k={k}: ppl {row['ppl_token']:.3f}; upcycle {total:.0f} s (train {r['train_s']} s, collect "
               f"{r['collect_s']} s); loss {r.get('mean_loss_before', 0):.3f} -> {r.get('mean_loss_after', 0):.3f}",
               flush=True)
@@ -164,12 +170,11 @@ def pipeline(args: argparse.Namespace) -> int:
               "eval": {"split": "valid (raw)", "runtime": "onnxruntime cpu float32", "threads": args.threads,
                        "context": args.context, "stride": args.stride, "tokens": args.tokens},
               "validated_on": ["onnxruntime:cpu", "openvino:cpu"], "expert_params": moe.n_expert_params()}
-    out["pipeline"], out["provenance"] = block, prov
     done = {(r["method"], r["ratio_target"]) for r in block["rows"]}
     if ("upcycled", 0.0) not in done:
         row = {"method": "upcycled", "ratio_target": 0.0, "ratio_expert_params": 0.0, "compress_s": 0.0}
         block["rows"].append(row | _ppl(moe, tmp, "upcycled", args))
-        write_results(args.out, out)
+        _save(args.out, "pipeline", block, prov)
         print(f"upcycled: ppl {block['rows'][-1]['ppl_token']:.3f}", flush=True)
     if "calibration_s" not in block:
         t0 = time.perf_counter()
@@ -190,7 +195,7 @@ def pipeline(args: argparse.Namespace) -> int:
                    "compress_s": round(dt, 1)}
             row |= _ppl(small, tmp, f"{name}-{ratio}".replace(" ", "_"), args)
             block["rows"].append(row)
-            write_results(args.out, out)
+            _save(args.out, "pipeline", block, prov)
             print(f"{name} @ {ratio}: ppl {row['ppl_token']:.3f} ({dt:.0f} s)", flush=True)
             del small
     shutil.rmtree(tmp, ignore_errors=True)
