@@ -70,7 +70,8 @@ def real_size(block: int) -> dict:
         k = round(f * (1 - r))  # neuron CUR keeps k of d_ff neurons (uniform k; the global budget moves k around)
         methods[f"cur-neuron {int(r * 100)}%"] = [(d, k), (d, k), (k, d)]
     rc = rank_for_ratio(f, d, 0.7, "cur")  # gate/up (f, d) and down (d, f) share min(m, n) = 1024
-    methods["cur 70%"] = [(d, rc), (rc, rc), (rc, f)] * 2 + [(f, rc), (rc, rc), (rc, d)]  # x->R->U->C per matrix
+    # as exported: x -> R -> (C @ U) (fold_u, the ONNX export's default; the checkpoint keeps C, U, R)
+    methods["cur 70%"] = [(d, rc), (rc, f)] * 2 + [(f, rc), (rc, d)]
     rs = rank_for_ratio(f, d, 0.7, "svd")
     methods["svd 70%"] = [(d, rs), (rs, f)] * 2 + [(f, rs), (rs, d)]
     rows = []
@@ -111,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="docs/results/data/quantize.json")
+    p.add_argument("--real-size-only", action="store_true",
+                   help="only (re)count the real-size bytes into the existing --out (its own provenance)")
     args = p.parse_args(argv)
+    if args.real_size_only:
+        from curmoe.app.results import read_results
+
+        results = read_results(args.out)
+        results["real_size"] = real_size(args.block_size) | {"provenance": provenance(argv)}
+        write_results(args.out, results)
+        return 0
 
     model_dir = args.model or shipped_model_dir()
     model = curmoe.load(model_dir)

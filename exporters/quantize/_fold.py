@@ -17,7 +17,7 @@ import numpy as np
 
 from curmoe.common.errors import InvalidInputError
 
-__all__ = ["fold_weights", "curmoe_meta"]
+__all__ = ["curmoe_meta", "fold_weights"]
 
 
 def curmoe_meta(proto: Any, path: str) -> dict[str, str]:

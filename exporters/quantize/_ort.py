@@ -18,7 +18,7 @@ import onnx
 
 from curmoe.common.errors import CheckpointError, InvalidInputError
 from curmoe.exporters.onnx import EXTERNAL_DATA_BYTES
-from curmoe.exporters.quantize import (
+from curmoe.exporters.quantize._config import (
     METADATA_KEY,
     QuantizeConfig,
     QuantizeResult,
@@ -29,7 +29,7 @@ from curmoe.exporters.quantize import (
 )
 from curmoe.exporters.quantize._fold import curmoe_meta, fold_weights
 
-__all__ = ["quantize_ort", "load_checked"]
+__all__ = ["load_checked", "quantize_ort"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def load_checked(src: Path) -> onnx.ModelProto:
     """The ONNX model at ``src`` with its weights, or CheckpointError naming the file."""
     try:
         return onnx.load(str(src))
-    except Exception as e:  # google.protobuf DecodeError, a missing .data file
+    except Exception as e:  # noqa: BLE001 (google.protobuf DecodeError, a missing .data file)
         raise CheckpointError(f"{str(src)!r} is not a readable ONNX model ({type(e).__name__}); pass a file written "
                               "by curmoe export") from None
 
@@ -70,7 +70,7 @@ def quantize_ort(src: Path, config: QuantizeConfig, dst: Path) -> QuantizeResult
     left = {n.name for n in proto.graph.node if n.op_type == "MatMul"} & set(shapes)
     if left:
         raise InvalidInputError(f"ONNX Runtime's quantiser left {len(left)} chosen MatMul(s) unquantised, e.g. "
-                                f"{sorted(left)[0]!r}")
+                                f"{min(left)!r}")
     quantized = {weight_of[n].removesuffix(".T"): {"bits": config.bits, "block": block, "K": shapes[n][0],
                                                    "N": shapes[n][1]}
                  for block, names in groups.items() for n in names}

@@ -20,7 +20,7 @@ from typing import Any
 import openvino
 
 from curmoe.common.errors import CheckpointError, InvalidInputError
-from curmoe.exporters.quantize import (
+from curmoe.exporters.quantize._config import (
     METADATA_KEY,
     QuantizeConfig,
     QuantizeResult,

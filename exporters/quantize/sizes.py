@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from curmoe.exporters.quantize import block_for, weight_group
+from curmoe.exporters.quantize._config import block_for, weight_group
 
-__all__ = ["matmulnbits_bytes", "nncf_bytes", "float_bytes", "weight_bytes"]
+__all__ = ["float_bytes", "matmulnbits_bytes", "nncf_bytes", "weight_bytes"]
 
 
 def matmulnbits_bytes(K: int, N: int, bits: int, block_size: int, symmetric: bool = False) -> int:
