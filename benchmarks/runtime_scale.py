@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             tag = json.dumps(opts, sort_keys=True)
             if k == key and tag not in paths:
                 t1 = time.perf_counter()
-                paths[tag] = export(m, OnnxExportConfig(**opts), tmp / f"{key}-{len(paths)}.onnx")
+                # weights streamed to an external data file: the export never holds a second copy of them
+                paths[tag] = export(m, OnnxExportConfig(**opts, external_data=True), tmp / f"{key}-{len(paths)}.onnx")
                 print(f"  exported {key} {tag} in {time.perf_counter() - t1:.0f} s", file=sys.stderr)
         del m
         if key == "dense":
