@@ -9,12 +9,13 @@ for these rows, all with the same thread count:
 - ``ORT cpu``: ONNX Runtime, the baseline (sparse dispatch, like every OpenVINO row unless it says dense);
 - ``OV infer(list)``: OpenVINO through ``InferRequest.infer([arrays])``, what the adapter did before;
 - ``OV``: the adapter (``curmoe.runtimes.load(f, "openvino:cpu")``): zero-copy feeds, only the outputs asked for;
-- ``OV LATENCY``: the same with ``PERFORMANCE_HINT=LATENCY``;
+- ``OV no CPU pinning``: the same with ``ENABLE_CPU_PINNING=False`` (the CPU plugin's default hint is already
+  LATENCY: one stream, threads pinned; ORT does not pin);
 - ``OV stateful``: ``load(..., stateful=True)``: the KV cache inside the compiled model (f32, then bf16 where asked);
 - ``OV stateful dense``: the same on the dense-dispatch export (static expert shapes, every expert computed).
 
-Small models keep every session open and interleave the rows in rounds (best of all rounds); the large one opens
-one session at a time. Each model also gets a per-operator profile of a decode step: OpenVINO's ``PERF_COUNT``
+Small models keep every session open and interleave the rows in rounds (best of all rounds); the large one runs
+each row in its own process (best of 2 inside), the rows again in rounds, and records each row's peak RSS. Each model also gets a per-operator profile of a decode step: OpenVINO's ``PERF_COUNT``
 (``InferRequest.profiling_info``) and ONNX Runtime's profiler, summed by operator type, and the step time with the
 past length fixed (no shape change between calls) against growing.
 
@@ -126,9 +127,8 @@ def rows_for(key: str, sparse: Path, dense: Path | None, threads: int, bf16: boo
         "ORT cpu": lambda: Runner(load(sparse, "onnxruntime:cpu", threads=threads)),
         "OV infer(list)": lambda: InferListRunner(sparse, threads),
         "OV": ov(sparse),
-        "OV LATENCY": ov(sparse, performance_hint="LATENCY"),
+        "OV no CPU pinning": ov(sparse, properties={"ENABLE_CPU_PINNING": False}),
         "OV stateful": ov(sparse, stateful=True),
-        "OV stateful LATENCY": ov(sparse, stateful=True, performance_hint="LATENCY"),
     }
     if bf16:
         rows["OV stateful bf16"] = ov(sparse, stateful=True, precision="bf16")
@@ -218,26 +218,122 @@ def fixed_vs_growing(make: Any, prompt: np.ndarray, steps: int) -> dict[str, flo
     return {"fixed_us": 1e6 * best / steps, "growing_us": 1e6 * grow / steps}
 
 
+def fc_micro(threads: int, tmp: Path, shapes: tuple[tuple[int, int], ...] = ((256, 256), (256, 8192), (2048, 1024),
+                                                                           (2048, 8192))) -> list[dict[str, Any]]:
+    """One MatMul (1, K) @ (K, N) with a float32 constant weight, alone in a graph: microseconds per call on ORT
+    (``InferenceSession.run``) and OpenVINO through ``infer(list)``, zero-copy ``set_tensor`` + ``infer()`` + copy
+    out, and a bare ``infer()`` (input bound once): the Python call cost apart from the FullyConnected kernel."""
+    import onnx
+    import onnxruntime as ort
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    def best_us(fn: Any, n: int = 100) -> float:
+        for _ in range(10):
+            fn()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / n)
+        return 1e6 * best
+
+    out = []
+    for K, N in shapes:
+        W = np.random.default_rng(0).standard_normal((K, N)).astype(np.float32)
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", N])],
+                              [numpy_helper.from_array(W, "W")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+        m.ir_version = 9
+        path = tmp / f"mm_{K}_{N}.onnx"
+        onnx.save(m, str(path))
+        x = np.random.default_rng(1).standard_normal((1, K)).astype(np.float32)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        c = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                        "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+        r = c.create_infer_request()
+        row = {"K": K, "N": N, "weight_mb": W.nbytes / 1e6, "ort_run_us": best_us(lambda: s.run(None, {"x": x})),
+               "ov_infer_list_us": best_us(lambda: r.infer([x])),
+               "ov_zero_copy_us": best_us(lambda: (r.set_input_tensor(ov.Tensor(x, shared_memory=True)), r.infer(),
+                                                   r.get_output_tensor().data.copy()))}
+        r.set_input_tensor(ov.Tensor(x))
+        row["ov_bare_infer_us"] = best_us(lambda: r.infer())
+        row["ov_exec_type"] = [pi.exec_type for pi in r.profiling_info if pi.node_type == "FullyConnected"]
+        out.append(row)
+        print(f"  MatMul ({K}, {N}): " + ", ".join(f"{k} {v:.0f}" for k, v in row.items() if k.endswith("_us")),
+              file=sys.stderr)
+        del s, c, r
+    return out
+
+
+def _row_in_child(label: str, sparse: Path, dense: Path | None, args: argparse.Namespace, steps: int,
+                  tmp: Path) -> dict[str, float]:
+    """Measure one row in a fresh Python process (--one-row); returns its seconds and peak RSS."""
+    import os
+    import subprocess
+
+    out = tmp / "row.json"
+    cmd = [sys.executable, __file__, "--one-row", label, "--onnx", str(sparse), "--onnx-dense", str(dense or ""),
+           "--threads", str(args.threads), "--steps", str(steps), "--repeats", "2",
+           "--prefill", str(args.prefill), "--row-out", str(out)] + (["--bf16"] if args.bf16 else [])
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"row {label!r} failed (status {status}): {' '.join(cmd)}")
+    return json.loads(out.read_text()) | {"peak_rss_gb": usage.ru_maxrss / 2**20}  # ru_maxrss: KiB on Linux
+
+
+def one_row(args: argparse.Namespace) -> None:
+    """The --one-row child: open one row's session, time decode and prefill, write the seconds."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(args.onnx, load_external_data=False).metadata_props}
+    V = json.loads(meta["curmoe.config"])["vocab_size"]
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, V, size=(1, 16))
+    pre_ids = rng.integers(0, V, size=(1, args.prefill))
+    sparse = Path(args.onnx)
+    if args.one_row.startswith("profile:"):
+        what, n = args.one_row.removeprefix("profile:"), min(args.steps, 16)
+        prof = (profile_ort(sparse, args.threads, prompt, n, Path(args.row_out).parent) if what == "ORT cpu" else
+                profile_ov(sparse, args.threads, prompt, n, what == "OV stateful"))
+        Path(args.row_out).write_text(json.dumps(prof))
+        return
+    rows = rows_for("olmoe", sparse, Path(args.onnx_dense) if args.onnx_dense else None, args.threads, args.bf16)
+    r = rows[args.one_row]()
+    r.decode(prompt, 2)
+    dec = min(r.decode(prompt, args.steps) for _ in range(args.repeats))
+    pre = min(r.prefill(pre_ids) for _ in range(args.repeats))
+    Path(args.row_out).write_text(json.dumps({"decode_s": dec, "prefill_s": pre}))
+
+
 def measure(key: str, spec: tuple, args: argparse.Namespace, bw: float, tmp: Path) -> dict[str, Any]:
     sparse, dense, nbytes, V, described = spec
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, V, size=(1, 16))
     pre_ids = rng.integers(0, V, size=(1, args.prefill))
     rows = rows_for(key, sparse, dense, args.threads, args.bf16)
+    if args.rows:
+        rows = {k: v for k, v in rows.items() if k in args.rows.split(",") or k == "ORT cpu"}
     big = key == "olmoe"
     steps = args.steps if not big else max(8, args.steps // 4)
     decode: dict[str, float] = collections.defaultdict(lambda: float("inf"))
     prefill: dict[str, float] = collections.defaultdict(lambda: float("inf"))
-    if big:  # one session at a time
-        for label, make in rows.items():
-            r = make()
-            r.decode(prompt, 2)
-            for _ in range(args.repeats):
-                decode[label] = min(decode[label], r.decode(prompt, steps))
-                prefill[label] = min(prefill[label], r.prefill(pre_ids))
-            del r
-            gc.collect()
-            print(f"  {key}: {label} {steps / decode[label]:.1f} tok/s", file=sys.stderr)
+    peak: dict[str, float] = {}  # GB, rows run in child processes only
+    if big:  # one session per process (a closed session's memory is not given back), rows in rounds
+        for _ in range(args.repeats):
+            for label in rows:
+                got = _row_in_child(label, sparse, dense, args, steps, tmp)
+                decode[label] = min(decode[label], got["decode_s"])
+                prefill[label] = min(prefill[label], got["prefill_s"])
+                peak[label] = max(peak.get(label, 0.0), got["peak_rss_gb"])
+                print(f"  {key}: {label} {steps / got['decode_s']:.1f} tok/s (peak RSS {got['peak_rss_gb']:.2f} GB)",
+                      file=sys.stderr)
     else:  # every session open, rows interleaved round by round
         runners = {label: make() for label, make in rows.items()}
         for r in runners.values():
@@ -253,12 +349,16 @@ def measure(key: str, spec: tuple, args: argparse.Namespace, bw: float, tmp: Pat
     for label in rows:
         tps = steps / decode[label]
         out_rows.append(dict(row=label, decode_tok_s=tps, x_ort=tps / base, roofline_tok_s=bw / nbytes,
-                             roofline_frac=tps / (bw / nbytes), prefill_ms=1e3 * prefill[label]))
+                             roofline_frac=tps / (bw / nbytes), prefill_ms=1e3 * prefill[label])
+                        | ({"peak_rss_gb": peak[label]} if label in peak else {}))
         print(f"  {key}: {label:28s} {tps:8.1f} tok/s  x ORT {tps / base:.2f}  prefill T={args.prefill} "
               f"{1e3 * prefill[label]:.1f} ms", file=sys.stderr)
     res: dict[str, Any] = {"model": key, "described": described, "decode_steps": steps, "decode_bytes": nbytes,
                            "rows": out_rows}
-    if args.profile:
+    if args.profile and big:
+        res["profile"] = {w: _row_in_child(f"profile:{w}", sparse, dense, args, steps, tmp)
+                          for w in ("ORT cpu", "OV", "OV stateful")}
+    elif args.profile:
         from curmoe.runtimes import load
 
         n = min(steps, 16)
@@ -282,9 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="rounds (best of)")
     ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--bf16", action="store_true", help="add a stateful bf16 row (native on AMX / AVX512-BF16 only)")
+    ap.add_argument("--rows", default=None, help="comma list of row labels to run (ORT cpu always runs)")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--no-micro", dest="micro", action="store_false", help="skip the one-MatMul call-cost timings")
     ap.add_argument("--out", default=None, help="write the results (with provenance) to this JSON file")
+    ap.add_argument("--one-row", default=None, help=argparse.SUPPRESS)  # internal: one row in a child process
+    ap.add_argument("--onnx", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--onnx-dense", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--row-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one_row:
+        one_row(args)
+        return 0
     which = [m for m in args.models.split(",") if m]
     bad = [m for m in which if m not in MODELS]
     if bad:
@@ -294,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="curmoe-ovbench-"))
     try:
         bw = copy_bandwidth()
+        micro = fc_micro(args.threads, tmp) if args.micro else []
         specs = make_models(which, tmp, args.calib_tokens)
         results = [measure(k, specs[k], args, bw, tmp) for k in which]
     finally:
@@ -303,10 +413,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from curmoe.app.results import provenance
 
-    record = {"provenance": provenance(sys.argv if argv is None else ["benchmarks/openvino_speed.py", *argv]),
+    record = {"provenance": provenance(argv),
               "threads": args.threads, "bandwidth": bw, "prefill_length": args.prefill, "repeats": args.repeats,
               "openvino": openvino.__version__, "onnxruntime": onnxruntime.__version__,
-              "cpu_capabilities": list(caps),
+              "cpu_capabilities": list(caps), "matmul_micro": micro,
               "rows": [{"model": res["model"]} | r for res in results for r in res["rows"]],
               "models": [{k: v for k, v in res.items() if k != "rows"} for res in results]}
     if args.out:
