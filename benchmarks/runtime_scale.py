@@ -39,6 +39,7 @@ import gc
 import json
 import math
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -271,6 +272,17 @@ def save(args: argparse.Namespace, cfg: curmoe.ModelConfig, bw: float, batches: 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tmp = Path(args.tmp or tempfile.mkdtemp(prefix="curmoe-scale-"))
+    # a killed run (SIGTERM) still removes its exports: they are GBs on a shared disk
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _main(args, argv, tmp)
+    finally:
+        if not args.tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
     args.argv = argv
     args.ratios = [int(r) for r in args.ratios.split(",")]
     from curmoe.exporters import OnnxExportConfig, export
@@ -282,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if r[1] in keep]
     batches = [int(b) for b in args.batches.split(",")]
     prefills = [int(t) for t in args.prefill.split(",")]
-    tmp = Path(args.tmp or tempfile.mkdtemp(prefix="curmoe-scale-"))
     tmp.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw / 1e9:.2f} GB/s (1 thread)", file=sys.stderr)
@@ -327,8 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         save(args, cfg, bw, batches, prefills, info, results)  # after every model: a cut-off run keeps its rows
     args.bandwidth_end = copy_bandwidth()  # the machine is shared: how much the bandwidth moved during the run
     save(args, cfg, bw, batches, prefills, info, results)
-    if not args.tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
     for r in results:
         print(json.dumps(r), file=sys.stderr)
     return 0
