@@ -58,7 +58,8 @@ def quantized(exports, tmp_path_factory):
     def get(name, bits, runtime="onnxruntime"):
         if (name, bits, runtime) not in cache:
             out = d / f"{name}-{bits}{'.onnx' if runtime == 'onnxruntime' else '.xml'}"
-            cache[name, bits, runtime] = quantize(exports[name][1], QuantizeConfig(bits=bits, runtime=runtime), out), out
+            res = quantize(exports[name][1], QuantizeConfig(bits=bits, runtime=runtime), out)
+            cache[name, bits, runtime] = res, out
         return cache[name, bits, runtime]
 
     return get
@@ -147,6 +148,22 @@ def test_corrupted_scale_breaks_budget(exports, quantized, tmp_path, bits):
     onnx.save(proto, str(out))
     v = validate_quantized(out, model, threads=1)
     assert not v.passed and any("max_rel_err" in f for f in v.failures)
+
+
+@needs_ov
+def test_openvino_ir_input(exports, quantized, tmp_path):
+    """An IR as `curmoe export --format openvino` writes it (weights behind Transpose) quantises like the ONNX file:
+    the same matrices, the same expert bytes, and no float copy of the tied embedding."""
+    from curmoe.exporters import export_openvino_ir
+    from curmoe.exporters.quantize import disk_bytes
+
+    model, src = exports["dense"]
+    ir = export_openvino_ir(src, tmp_path / "m.xml", routing_outputs=True)
+    res = quantize(ir, QuantizeConfig(bits=8, runtime="openvino"), tmp_path / "q.xml")
+    ref, ref_path = quantized("dense", 8, "openvino")
+    assert sorted(res.quantized) == sorted(ref.quantized)
+    assert weight_bytes(tmp_path / "q.xml") == weight_bytes(ref_path)
+    assert disk_bytes(tmp_path / "q.xml") < disk_bytes(ir)
 
 
 # --- bytes --------------------------------------------------------------------------------------------------

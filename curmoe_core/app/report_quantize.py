@@ -134,7 +134,8 @@ def quantize_page(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         v = r["validation"]
         ok, fails = within_budget(r)
-        vb.append([r["variant"], _RT[r["runtime"]], r["precision"], f"{v['max_rel_err']:.2g} ({v['max_rel_err_all']:.2g})",
+        vb.append([r["variant"], _RT[r["runtime"]], r["precision"],
+                   f"{v['max_rel_err']:.2g} ({v['max_rel_err_all']:.2g})",
                    f"{v['routing_agreement']:.3f}" if v["routing_agreement"] is not None else "-",
                    f"{v['ppl_rel_diff']:.2g}", f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "-",
                    "yes" if ok else "**no**: " + "; ".join(fails), _mb(r["bytes_on_disk"]), _mb(r["expert_bytes"])])

@@ -42,7 +42,7 @@ def weight_group(name: str) -> str:
 
     The tied LM head multiplies by ``embed.weight.T``: it is "other" (the Gather of ``embed.weight`` is no MatMul).
     """
-    base = name.removesuffix(".T")
+    base = name.split("/")[0].removesuffix(".T")  # OpenVINO names a folded constant "<name>.T/Transpose"
     if _EXPERT.match(base):
         return "expert"
     if _NEVER.match(base):

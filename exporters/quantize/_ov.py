@@ -76,6 +76,34 @@ def _weight_source(op: Any, depth: int = 8) -> tuple[str, str] | None:
     return (low or found or [None])[0]
 
 
+def _fold_ir(model: Any, config: QuantizeConfig) -> None:
+    """An IR as exported multiplies by Transpose(W): give each chosen MatMul a constant (K, N) weight instead (the
+    form NNCF matches; only the chosen ones, so a tied LM head does not get a float copy of the embedding)."""
+    import numpy as np
+    from openvino import opset13
+
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        t = op.input_value(1).get_node()
+        if t.get_type_name() != "Transpose" or t.input_value(0).get_node().get_type_name() != "Constant":
+            continue
+        w, perm = t.input_value(0).get_node(), t.input_value(1).get_node()
+        if not selected(w.get_friendly_name(), config.what) or perm.get_type_name() != "Constant":
+            continue
+        if list(perm.get_data()) != [1, 0]:
+            continue
+        folded = opset13.constant(np.ascontiguousarray(w.get_data().T))  # (K, N)
+        folded.set_friendly_name(w.get_friendly_name() + ".T")
+        op.input(1).replace_source_output(folded.output(0))
+    model.validate_nodes_and_infer_types()
+
+
+def _base(name: str) -> str:
+    """The checkpoint name of a weight constant: "layers.0.experts.1.up.weight.T/Transpose" -> "...up.weight"."""
+    return name.split("/")[0].removesuffix(".T")
+
+
 def _matmuls(model: Any) -> list[tuple[Any, str, str]]:
     """(MatMul op, weight constant name, element type) for every MatMul with a constant weight."""
     out = []
@@ -103,6 +131,8 @@ def quantize_ov(src: Path, config: QuantizeConfig, dst: Path) -> QuantizeResult:
                                       "curmoe export --format openvino")
             ir = src
         model = openvino.Core().read_model(str(ir))
+        if src.suffix == ".xml":
+            _fold_ir(model, config)
         if not model.has_rt_info(["curmoe", "curmoe.config"]):
             raise InvalidInputError(f"{str(src)!r} has no curmoe metadata: it is not a curmoe export; export one "
                                     "with curmoe export MODEL --format openvino")
@@ -124,8 +154,8 @@ def quantize_ov(src: Path, config: QuantizeConfig, dst: Path) -> QuantizeResult:
                        group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16)}
         model = nncf.compress_weights(model, **kw)
         got = {w: et for _, w, et in _matmuls(model)}
-        quantized = {w.removesuffix(".T"): {"bits": _LOW_BITS[et]} for w, et in got.items() if et in _LOW_BITS}
-        missed = [w for _, w in chosen if w.removesuffix(".T") not in quantized]
+        quantized = {_base(w): {"bits": _LOW_BITS[et]} for w, et in got.items() if et in _LOW_BITS}
+        missed = [w for _, w in chosen if _base(w) not in quantized]
         if missed:
             raise InvalidInputError(f"NNCF left {len(missed)} chosen weight(s) in float, e.g. {missed[0]!r}")
         backup = sorted(w for w, q in quantized.items() if q["bits"] != config.bits)
@@ -140,7 +170,7 @@ def quantize_ov(src: Path, config: QuantizeConfig, dst: Path) -> QuantizeResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("quantised %d MatMul weights of %s with NNCF (%s) -> %s", len(quantized), src, mode, dst)
-    kept = sorted(w.removesuffix(".T") for w, et in got.items() if et not in _LOW_BITS)
+    kept = sorted(_base(w) for w, et in got.items() if et not in _LOW_BITS)
     return QuantizeResult(path=str(dst), config=config.to_dict(), tool=tool, quantized=quantized, kept_float=kept,
                           bytes_on_disk=disk_bytes(dst), info={"int8_backup": backup,
                                                                "metadata": json.loads(quantization_metadata(

@@ -61,7 +61,10 @@ def _onnx_bytes(p: Path) -> dict[str, int]:
     size = {}
     for t in g.initializer:
         ext = {e.key: e.value for e in t.external_data}
-        size[t.name] = int(ext["length"]) if "length" in ext else len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+        if "length" in ext:  # external data
+            size[t.name] = int(ext["length"])
+        else:
+            size[t.name] = len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
     producer = {o: n for n in g.node for o in n.output}
     out = {"expert": 0, "other": 0, "never": 0}
     for n in g.node:
