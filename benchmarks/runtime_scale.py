@@ -69,6 +69,10 @@ def shape_config(shape: str, layers: int, vocab: int) -> curmoe.ModelConfig:
         moe = curmoe.MoEConfig(n_experts=8, d_ff=14336, router=curmoe.RouterConfig(kind="topk", top_k=2))
         return curmoe.ModelConfig(vocab_size=vocab, d_model=4096, n_layers=layers, n_heads=32, n_kv_heads=8,
                                   max_seq_len=2048, moe=moe, eos_token_id=1)
+    if shape == "baby":  # a few-second smoke shape for tests (not a real layer shape)
+        moe = curmoe.MoEConfig(n_experts=8, d_ff=48, router=curmoe.RouterConfig(kind="topk", top_k=2))
+        return curmoe.ModelConfig(vocab_size=vocab, d_model=32, n_layers=layers, n_heads=4, n_kv_heads=2,
+                                  max_seq_len=256, moe=moe, eos_token_id=1)
     raise SystemExit(f"--shape {shape!r}: choose olmoe or mixtral")
 
 
@@ -228,7 +232,7 @@ def measure(row: tuple[str, str, str, dict[str, Any], dict[str, Any]], path: Pat
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", choices=("olmoe", "mixtral"), default="olmoe")
+    p.add_argument("--shape", choices=("olmoe", "mixtral", "baby"), default="olmoe")
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--ratios", default="50,70", help="expert-parameter ratios in percent")
@@ -244,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-dense", action=argparse.BooleanOptionalAction, default=True,
                    help="the dense model through com.microsoft.MoE (a second stacked copy of its experts on disk)")
     p.add_argument("--only", default=None, help="comma-separated model keys to run (e.g. dense,cur-neuron70)")
+    p.add_argument("--dense-experts", type=int, default=None,
+                   help="make the dense row from a model with this many experts (same top-k, same layer shapes): a "
+                        "batch-1 decode step and a prefill do the same work as with all experts (each token runs "
+                        "top-k experts), batch-8 decode does not, so it is not measured. For a dense model that does "
+                        "not fit in memory (Mixtral-shaped: 5.6 GB a layer)")
     p.add_argument("--low-memory", action="store_true", help="ORT without weight pre-packing (one weight copy)")
     p.add_argument("--tmp", default=None, help="folder for the exports (default: a temporary folder)")
     p.add_argument("--out", default=None, help="results JSON (merged by shape)")
@@ -300,16 +309,22 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
 
     # One model at a time: build it, export its layouts, drop it, measure its rows, delete its exports (a dense
     # 2-layer OLMoE-shaped export is 3.6 GB; all of them at once would not fit the shared disk).
-    t0 = time.perf_counter()
-    dense = curmoe.Model.random(cfg, seed=0, dtype=np.float32)
-    print(f"random model {dense!r} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    tensors = dense.tensors
-    shapes = {k: lin.shape for k, lin in dense.experts.items()}
+    # The compressed models take the non-expert weights of a model whose experts have one neuron (cheap to make;
+    # the same shapes elsewhere) and random factors; the dense model is made only for the dense row.
+    small = replace(cfg, moe=replace(cfg.moe, d_ff=1))
+    tensors = curmoe.Model.random(small, seed=0, dtype=np.float32).tensors
+    shapes = {f"{expert_prefix(l, e)}.{n}": (cfg.d_model, cfg.moe.d_ff) if n == "down" else (cfg.moe.d_ff, cfg.d_model)
+              for l in range(cfg.n_layers) for e in range(cfg.moe.n_experts) for n in ("gate", "up", "down")}
     info: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     for key in dict.fromkeys(r[1] for r in rows):
         if key == "dense":
-            m = dense
+            dcfg = cfg
+            if args.dense_experts:  # a surrogate with fewer experts, same top-k (see --dense-experts)
+                dcfg = replace(cfg, moe=replace(cfg.moe, n_experts=args.dense_experts))
+            t0 = time.perf_counter()
+            m = curmoe.Model.random(dcfg, seed=0, dtype=np.float32)
+            print(f"random model {m!r} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         else:
             method, ratio = key.rstrip("0123456789"), int(key[len(key.rstrip("0123456789")):]) / 100
             m = compressed_model(cfg, tensors, shapes, method, ratio)
@@ -325,13 +340,15 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
                 paths[tag] = export(m, OnnxExportConfig(**opts, external_data=True), tmp / f"{key}-{len(paths)}.onnx")
                 print(f"  exported {key} {tag} in {time.perf_counter() - t1:.0f} s", file=sys.stderr)
         del m
-        if key == "dense":
-            del dense
         gc.collect()
         for row in rows:
             if row[1] == key:
+                # a surrogate dense model reads what the real one reads at batch 1 only (see --dense-experts)
+                bs = [1] if key == "dense" and args.dense_experts else batches
                 results.append(measure(row, paths[json.dumps(row[3], sort_keys=True)], info[key], args, cfg, bw,
-                                       batches, prefills))
+                                       bs, prefills))
+                if key == "dense" and args.dense_experts:
+                    results[-1]["dense_experts"] = args.dense_experts
         for p in paths.values():
             p.unlink(missing_ok=True)
             Path(str(p) + ".data").unlink(missing_ok=True)

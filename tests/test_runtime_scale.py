@@ -110,3 +110,28 @@ def test_page_states_targets_failures_and_source():
     assert "**missed**" in text and "**met**" in text
     assert "![decode tok/s at batch 1 against the roofline](runtime_scale.png)" in text
     assert np.isfinite(float(text.split("| ORT cpu fp32 cur70 fold_u | 21.00 | ")[1].split(" |")[0]))
+
+
+def test_benchmark_end_to_end_on_a_baby_shape(tmp_path, rs):
+    """The whole script on a tiny shape: every row measured or its error recorded, results merged by shape."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "r.json"
+    common = ["--shape", "baby", "--layers", "1", "--vocab", "256", "--steps", "2", "--repeats", "1",
+              "--prefill", "16", "--skip-openvino", "--no-fp16", "--ratios", "70", "--out", str(out)]
+    assert rs.main(common + ["--only", "dense,cur70,cur-neuron70"]) == 0
+    from curmoe.app.results import read_results
+
+    data = read_results(out)
+    rows = {r["row"]: r for r in data["shapes"]["baby"]["rows"]}
+    assert set(rows) == {"ORT cpu fp32 dense", "ORT cpu fp32 dense fused MoE", "ORT cpu fp32 cur70",
+                         "ORT cpu fp32 cur70 fold_u", "ORT cpu fp32 cur-neuron70", "ORT cpu fp32 cur-neuron70 fused MoE"}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["decode_b1_tok_s"] > 0 and r["decode_b8_tok_s"] > 0 and r["prefill_16_ms"] > 0
+        assert 0 < r["roofline_b1_frac"] == pytest.approx(r["decode_b1_tok_s"] / r["roofline_b1_tok_s"])
+    # a surrogate dense row (2 experts, same top-2): batch 1 only, marked
+    assert rs.main(common + ["--only", "dense", "--dense-experts", "2", "--no-fused-dense"]) == 0
+    data = read_results(out)
+    (row,) = data["shapes"]["baby"]["rows"]
+    assert row["dense_experts"] == 2 and "decode_b8_tok_s" not in row
+    assert "surrogate" in runtime_scale_page(data, None)
