@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-dense", action=argparse.BooleanOptionalAction, default=True,
                    help="the dense model through com.microsoft.MoE (a second stacked copy of its experts on disk)")
     p.add_argument("--only", default=None, help="comma-separated model keys to run (e.g. dense,cur-neuron70)")
+    p.add_argument("--paired", default=None,
+                   help="instead of the table: batch-1 decode of these models (e.g. svd70,cur70,cur-neuron70) "
+                        "against dense, alternating in every round (--repeats rounds) on ORT CPU")
     p.add_argument("--dense-experts", type=int, default=None,
                    help="make the dense row from a model with this many experts (same top-k, same layer shapes): a "
                         "batch-1 decode step and a prefill do the same work as with all experts (each token runs "
@@ -279,6 +282,52 @@ def save(args: argparse.Namespace, cfg: curmoe.ModelConfig, bw: float, batches: 
                         "rows": [dict(r, shape=s) for s, v in runs.items() for r in v["rows"]]})
 
 
+def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict[str, Any]:
+    """Batch-1 decode of each compressed model (its default export layout) against the dense one, alternating
+    dense / compressed in every round with both sessions open, so that the other jobs of a shared machine slow
+    both sides of each ratio alike. Returns {"rounds", "steps", "pairs": [{model, dense_tok_s, tok_s, ratios}]}."""
+    from curmoe.exporters import OnnxExportConfig, export
+    from curmoe.runtimes import load
+
+    keys = args.paired.split(",")
+    small = replace(cfg, moe=replace(cfg.moe, d_ff=1))
+    tensors = curmoe.Model.random(small, seed=0, dtype=np.float32).tensors
+    shapes = {f"{expert_prefix(l, e)}.{n}": (cfg.d_model, cfg.moe.d_ff) if n == "down" else (cfg.moe.d_ff, cfg.d_model)
+              for l in range(cfg.n_layers) for e in range(cfg.moe.n_experts) for n in ("gate", "up", "down")}
+    dcfg = replace(cfg, moe=replace(cfg.moe, n_experts=args.dense_experts)) if args.dense_experts else cfg
+    m = curmoe.Model.random(dcfg, seed=0, dtype=np.float32)
+    dpath = export(m, OnnxExportConfig(external_data=True), tmp / "paired-dense.onnx")
+    del m
+    gc.collect()
+    opts = {"low_memory": True} if args.low_memory else {}
+    dense = Runner(load(dpath, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
+    dense.decode(1, 2)
+    pairs = []
+    for key in keys:
+        method, ratio = key.rstrip("0123456789"), int(key[len(key.rstrip("0123456789")):]) / 100
+        m = compressed_model(cfg, tensors, shapes, method, ratio)
+        path = export(m, OnnxExportConfig(external_data=True), tmp / f"paired-{key}.onnx")
+        del m
+        gc.collect()
+        comp = Runner(load(path, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
+        comp.decode(1, 2)
+        td, tc = [], []
+        for _ in range(args.repeats):  # alternate: each round's two timings see the same machine load
+            td.append(dense.decode(1, args.steps))
+            tc.append(comp.decode(1, args.steps))
+        del comp
+        gc.collect()
+        path.unlink()
+        Path(str(path) + ".data").unlink(missing_ok=True)
+        ratios = [d / c for d, c in zip(td, tc)]
+        pairs.append({"model": key, "dense_tok_s": args.steps / min(td), "tok_s": args.steps / min(tc),
+                      "ratio_best": min(td) / min(tc), "ratio_median": float(np.median(ratios)), "ratios": ratios})
+        print(f"  paired {key}: x{pairs[-1]['ratio_median']:.2f} dense (median of {len(ratios)} rounds)",
+              file=sys.stderr)
+    return {"rounds": args.repeats, "steps": args.steps, "low_memory": args.low_memory,
+            "dense_experts": args.dense_experts, "pairs": pairs}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="curmoe-scale-"))
@@ -297,6 +346,16 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
     from curmoe.exporters import OnnxExportConfig, export
 
     cfg = shape_config(args.shape, args.layers, args.vocab)
+    if args.paired:  # a separate measurement, stored beside the shape's table
+        from curmoe.app.results import provenance, read_results, write_results
+
+        res = {"provenance": provenance(argv), "layers": args.layers, "threads": args.threads} | paired(args, cfg, tmp)
+        if args.out:
+            out = Path(args.out)
+            data = read_results(out) if out.exists() else {"provenance": res["provenance"], "shapes": {}, "rows": []}
+            data["paired"] = data.get("paired", {}) | {args.shape: res}
+            write_results(out, data)
+        return 0
     rows = plan(args)
     if args.only:
         keep = set(args.only.split(","))

@@ -135,3 +135,32 @@ def test_benchmark_end_to_end_on_a_baby_shape(tmp_path, rs):
     (row,) = data["shapes"]["baby"]["rows"]
     assert row["dense_experts"] == 2 and "decode_b8_tok_s" not in row
     assert "surrogate" in runtime_scale_page(data, None)
+
+
+def test_paired_mode_alternates_and_keeps_the_table(tmp_path, rs):
+    pytest.importorskip("onnxruntime")
+    from curmoe.app.results import read_results
+
+    out = tmp_path / "r.json"
+    common = ["--shape", "baby", "--layers", "1", "--vocab", "256", "--steps", "2", "--repeats", "2",
+              "--prefill", "16", "--skip-openvino", "--no-fp16", "--ratios", "70", "--out", str(out)]
+    assert rs.main(common + ["--only", "svd70"]) == 0
+    assert rs.main(common + ["--paired", "cur-neuron70"]) == 0
+    data = read_results(out)
+    assert [r["row"] for r in data["shapes"]["baby"]["rows"]] == ["ORT cpu fp32 svd70"]  # the table is kept
+    pairs = data["paired"]["baby"]["pairs"]
+    assert [p["model"] for p in pairs] == ["cur-neuron70"]
+    for p in pairs:
+        assert len(p["ratios"]) == 2 and p["ratio_best"] == pytest.approx(p["tok_s"] / p["dense_tok_s"])
+
+
+def test_paired_ratio_decides_the_target():
+    run = _data()["shapes"]["olmoe"]
+    pairs = {"rounds": 3, "steps": 4, "pairs": [{"model": "svd70", "dense_tok_s": 10, "tok_s": 22, "ratio_median": 2.2,
+                                                "ratio_best": 2.2, "ratios": [2.2] * 3}],
+             "provenance": {"command": "python benchmarks/runtime_scale.py --paired svd70"}}
+    t = {x["model"]: x for x in scale_targets(run, pairs)}
+    assert t["svd70"]["speedup"] == pytest.approx(1.5) and t["svd70"]["paired_speedup"] == 2.2 and t["svd70"]["met"]
+    assert t["cur70"]["paired_speedup"] is None and t["cur70"]["met"]
+    text = runtime_scale_page(_data() | {"paired": {"olmoe": pairs}}, None)
+    assert "--paired svd70" in text and "| svd70 | 10.00 | 22.00 | 2.20 | 2.20 |" in text

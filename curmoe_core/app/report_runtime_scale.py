@@ -37,20 +37,26 @@ def _best_ort(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return max(cands, key=lambda r: r["decode_b1_tok_s"], default=None)
 
 
-def scale_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets on one shape's run: measured speed-up, the byte roofline's speed-up, met or not."""
+def scale_targets(run: dict[str, Any], paired: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The issue's targets on one shape's run: measured speed-up, the byte roofline's speed-up, met or not.
+
+    With ``paired`` (the alternating dense/compressed measurement of the same shape), the speed-up judged is its
+    median ratio (both sides of each ratio saw the same machine load); the table's ratio is kept beside it."""
     rows = _ok(run["rows"])
     base = next((r for r in rows if r["row"] == BASE), None)
+    by_pair = {p["model"]: p for p in (paired or {}).get("pairs", [])}
     out = []
     for key, want, frac in TARGETS:
         best = _best_ort(rows, key)
         if base is None or best is None:
             continue
         x = best["decode_b1_tok_s"] / base["decode_b1_tok_s"]
+        xp = by_pair[key]["ratio_median"] if key in by_pair else None
         ceiling = base["step_bytes_b1"] / best["step_bytes_b1"]  # bytes of dense / bytes of compressed per step
-        met = x >= want and (frac is None or best["roofline_b1_frac"] >= frac)
-        out.append({"model": key, "row": best["row"], "speedup": x, "want": want, "roofline_speedup": ceiling,
-                    "roofline_frac": best["roofline_b1_frac"], "want_frac": frac, "met": met})
+        met = (xp if xp is not None else x) >= want and (frac is None or best["roofline_b1_frac"] >= frac)
+        out.append({"model": key, "row": best["row"], "speedup": x, "paired_speedup": xp, "want": want,
+                    "roofline_speedup": ceiling, "roofline_frac": best["roofline_b1_frac"], "want_frac": frac,
+                    "met": met})
     return out
 
 
@@ -76,7 +82,7 @@ def layout_choices(run: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _shape_section(name: str, run: dict[str, Any]) -> list[str]:
+def _shape_section(name: str, run: dict[str, Any], paired: dict[str, Any] | None = None) -> list[str]:
     c = run["config"]
     moe = c["moe"]
     rows = run["rows"]
@@ -126,14 +132,27 @@ def _shape_section(name: str, run: dict[str, Any]) -> list[str]:
                   _table(["model", "layout", "against", "decode b1", "decode b8", f"prefill T={Tl}"],
                          [[x["model"], x["layout"], x["vs"], f"{x['b1']:.2f}x", f"{x['b8']:.2f}x",
                            f"{x[f'prefill_{Tl}']:.2f}x"] for x in lay], "lllrrr"), ""]
-    tg = scale_targets(run)
+    if paired:
+        lines += [f"Paired measurement (ORT CPU, batch-1 decode, the default export layout; dense and compressed "
+                  f"sessions open together and timed alternately, {paired['rounds']} rounds of {paired['steps']} "
+                  f"steps{', without weight pre-packing' if paired.get('low_memory') else ''}"
+                  + (f"; dense surrogate with {paired['dense_experts']} experts" if paired.get("dense_experts") else "")
+                  + "):", "",
+                  _table(["model", "dense tok/s", "tok/s", "x dense (median of rounds)", "x dense (best of each)"],
+                         [[p["model"], f"{p['dense_tok_s']:.2f}", f"{p['tok_s']:.2f}", f"{p['ratio_median']:.2f}",
+                           f"{p['ratio_best']:.2f}"] for p in paired["pairs"]]), "",
+                  _source(paired, "runtime_scale.json"), ""]
+    tg = scale_targets(run, paired)
     if tg:
-        lines += ["Targets (issue 15, ORT CPU, decode at batch 1, the fastest fp32 layout of each model):", "",
-                  _table(["model", "row", "x dense", "target", "byte roofline allows", "% of roofline", "met"],
-                         [[t["model"], t["row"], f"{t['speedup']:.2f}x", f">= {t['want']}x"
+        lines += ["Targets (issue 15, ORT CPU, decode at batch 1, the fastest fp32 layout of each model; judged on "
+                  "the paired ratio where there is one):", "",
+                  _table(["model", "row", "x dense (table)", "x dense (paired)", "target", "byte roofline allows",
+                          "% of roofline", "met"],
+                         [[t["model"], t["row"], f"{t['speedup']:.2f}x",
+                           "-" if t["paired_speedup"] is None else f"{t['paired_speedup']:.2f}x", f">= {t['want']}x"
                            + (f" and >= {100 * t['want_frac']:.0f}% of roofline" if t["want_frac"] else ""),
                            f"{t['roofline_speedup']:.2f}x", f"{100 * t['roofline_frac']:.0f}%",
-                           "**met**" if t["met"] else "**missed**"] for t in tg], "llrlrrl"), ""]
+                           "**met**" if t["met"] else "**missed**"] for t in tg], "llrrlrrl"), ""]
     return lines
 
 
@@ -147,7 +166,7 @@ def runtime_scale_page(data: dict[str, Any], fig: str | None = "runtime_scale.pn
              "bandwidth. Ratios compare rows of one run (one shape); the machine is shared and noisy. How the "
              "rows were made and what they mean: [docs/runtime_scale.md](../runtime_scale.md).", ""]
     for name, run in data.get("shapes", {}).items():
-        lines += _shape_section(name, run)
+        lines += _shape_section(name, run, data.get("paired", {}).get(name))
     if fig:
         lines += [f"![decode tok/s at batch 1 against the roofline]({fig})", ""]
     return "\n".join(lines)
