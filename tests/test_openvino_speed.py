@@ -93,11 +93,16 @@ def test_stateful_refuses_a_mask_that_does_not_continue(model, onnx_file, tmp_pa
     s = load(onnx_file, "openvino:cpu", stateful=True)
     ids = random_ids(model, 1, 4)
     with pytest.raises(curmoe.InvalidInputError, match=r"holds no sequence of KV cache but attention_mask has 5 "
-                                                       r"columns for 1 new tokens \(past 4\)"):
+                                                       r"columns for 1 new tokens of batch 1 \(past 4\); one as long "
+                                                       r"as input_ids starts a new sequence"):
         s.run({"input_ids": ids[:, :1], "attention_mask": np.ones((1, 5), np.int64)})
     s.run({"input_ids": ids, "attention_mask": np.ones((1, 4), np.int64)})
-    with pytest.raises(curmoe.InvalidInputError, match="holds 4 tokens of KV cache but attention_mask has 7 columns"):
+    with pytest.raises(curmoe.InvalidInputError, match="holds 4 tokens x batch 1 of KV cache but attention_mask has 7 "
+                                                       "columns for 1 new tokens of batch 1 .past 6.; feed batch 1 "
+                                                       "with a mask of 4 . new tokens"):
         s.run({"input_ids": ids[:, :1], "attention_mask": np.ones((1, 7), np.int64)})
+    with pytest.raises(curmoe.InvalidInputError, match="holds 4 tokens x batch 1 .* new tokens of batch 2"):
+        s.run({"input_ids": np.zeros((2, 1), np.int64), "attention_mask": np.ones((2, 5), np.int64)})
     s.run({"input_ids": ids[:, :1], "attention_mask": np.ones((1, 5), np.int64)})  # continues: 4 held + 1
     s.reset()
     with pytest.raises(curmoe.InvalidInputError, match="holds no sequence"):

@@ -11,8 +11,8 @@ compiles with ``INFERENCE_PRECISION_HINT=f32`` unless ``precision=`` asks for "b
 "default": validation then reports the routing agreement of the faster precision against the reference.
 
 Speed (docs/openvino_speed.md): ``run`` binds each feed to the request as a zero-copy ``openvino.Tensor`` and
-copies out only the outputs asked for (the ``InferRequest.infer(list)`` convenience wrapper cost 0.1-0.3 ms a
-call here, a tenth of a decode step of the shipped model). ``stateful=True`` compiles the KV-cache graph with the
+copies out only the outputs asked for (the ``InferRequest.infer(list)`` convenience wrapper cost 0.3-0.7 ms a
+call here, about a fifth of a decode step of the shipped model). ``stateful=True`` compiles the KV-cache graph with the
 cache as internal state (:func:`curmoe.exporters.genai.make_stateful_ir`): the session's inputs are then only
 ``input_ids`` and ``attention_mask`` (the whole mask, past tokens included) and a mask as long as ``input_ids``
 starts a new sequence; a decoding loop feeds one new token and the grown mask per step and nothing else (the
@@ -235,6 +235,7 @@ class OpenVINOSession(SpecSession):
             model.add_outputs(list(extra_outputs))
         self.stateful = stateful
         self._past_len: int | None = None  # tokens held in the state (stateful only); None = unknown, reset first
+        self._batch = 0  # batch of the sequences held
         if stateful:
             from curmoe.exporters.genai import make_stateful_ir
 
@@ -291,13 +292,15 @@ class OpenVINOSession(SpecSession):
         past = mask.shape[1] - ids.shape[1]
         if past == 0:
             self._req.reset_state()
-            self._past_len = 0
-        elif past != self._past_len:
-            held = "no sequence" if self._past_len is None else f"{self._past_len} tokens"
+            self._past_len, self._batch = 0, ids.shape[0]
+        elif past != self._past_len or ids.shape[0] != self._batch:
+            held = "no sequence" if self._past_len is None else f"{self._past_len} tokens x batch {self._batch}"
+            fix = ("one as long as input_ids starts a new sequence" if self._past_len is None else
+                   f"feed batch {self._batch} with a mask of {self._past_len} + new tokens, or one as long as input_ids "
+                   "to start a new sequence")
             raise InvalidInputError(
                 f"this stateful session holds {held} of KV cache but attention_mask has {mask.shape[1]} columns for "
-                f"{ids.shape[1]} new tokens (past {past}); feed a mask of the {self._past_len} held + new tokens, or "
-                "one as long as input_ids to start a new sequence"
+                f"{ids.shape[1]} new tokens of batch {ids.shape[0]} (past {past}); {fix}"
             )
 
     def reset(self) -> None:
