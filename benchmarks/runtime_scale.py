@@ -211,6 +211,7 @@ def measure(row: tuple[str, str, str, dict[str, Any], dict[str, Any]], path: Pat
     bytes_per = 2 if opts.get("dtype") == "float16" and runtime.startswith("openvino") else 4
     out: dict[str, Any] = {"row": label, "model": key, "runtime": runtime, "export": opts, "runtime_options": ropts
                            | extra, "load_s": time.perf_counter() - t1, "bytes_per_weight_read": bytes_per}
+    out["bandwidth_row"] = copy_bandwidth()  # the machine is shared: the page uses the best seen in the run
     r = Runner(sess, cfg.vocab_size)
     r.decode(1, 2)  # warm-up
     for b in batches:

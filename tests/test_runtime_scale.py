@@ -164,3 +164,13 @@ def test_paired_ratio_decides_the_target():
     assert t["cur70"]["paired_speedup"] is None and t["cur70"]["met"]
     text = runtime_scale_page(_data() | {"paired": {"olmoe": pairs}}, None)
     assert "--paired svd70" in text and "| svd70 | 10.00 | 22.00 | 2.20 | 2.20 |" in text
+
+
+def test_roofline_uses_the_highest_bandwidth_seen_in_the_run():
+    from curmoe.app.report_runtime_scale import best_bandwidth, with_roofline
+
+    run = _data()["shapes"]["olmoe"]
+    run["rows"][1]["bandwidth_row"] = 2e10
+    assert best_bandwidth(run) == 2e10
+    r = with_roofline(run)["rows"][0]  # dense: 1e9 bytes a step
+    assert r["roofline_b1_tok_s"] == pytest.approx(20.0) and r["roofline_b1_frac"] == pytest.approx(0.5)
