@@ -51,6 +51,10 @@ def test_run_matches_openvino_own_call_and_copies_out(model, onnx_file):
     kept = first["logits"].copy()
     s.run({"input_ids": ids[:, ::-1].copy(), "attention_mask": np.ones_like(ids)} | empty_cache(s, 2))
     np.testing.assert_array_equal(first["logits"], kept)  # the next call did not overwrite a returned array
+    frozen = {k: v.copy() for k, v in feeds.items()}
+    for v in frozen.values():
+        v.setflags(write=False)  # read-only feeds are copied, not shared
+    np.testing.assert_array_equal(s.run(frozen)["logits"], first["logits"])
     only = s.run(feeds, ["present.0.key"])
     assert list(only) == ["present.0.key"]
     _close(first["logits"], model.astype(np.float64).forward(ids).astype(np.float32), "prefill logits")

@@ -269,7 +269,12 @@ class OpenVINOSession(SpecSession):
         if self.stateful:
             self._sync_state(by_input["input_ids"], by_input["attention_mask"])
         req = self._req
-        for spec, port in self._in_ports:  # zero-copy: the arrays outlive the synchronous infer below
+        for spec, port in self._in_ports:
+            # zero-copy: the tensor points into the array, which by_input keeps alive through the synchronous infer
+            # below. OpenVINO shares only writeable memory: a read-only feed (np.broadcast_to, a frozen array) is
+            # copied, and the copy kept in by_input for the same reason
+            if not by_input[spec.name].flags.writeable:
+                by_input[spec.name] = by_input[spec.name].copy()
             req.set_tensor(port, openvino.Tensor(by_input[spec.name], shared_memory=True))
         try:
             req.infer()
