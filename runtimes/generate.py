@@ -111,7 +111,8 @@ def generate(
     rng = np.random.default_rng(seed)
     ids = ids.astype(np.int64)
     B = ids.shape[0]
-    cached = bool(cache_layout(session))
+    # A stateful session (OpenVINO, stateful=True) keeps its KV cache inside: feed one new token per step too.
+    cached = bool(cache_layout(session)) or bool(getattr(session, "stateful", False))
     past = empty_cache(session, B) if cached else {}
     done = np.zeros(B, dtype=bool)
     new_ids = ids

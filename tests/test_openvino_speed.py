@@ -1,6 +1,6 @@
 """OpenVINO fast paths (issue 15): the zero-copy ``run`` and the stateful session (KV cache held inside the compiled
 model) give the float64 reference's logits within the float32 budget, step by step, and refuse a mask that does not
-continue the sequence they hold. Speed itself is measured by benchmarks/openvino.py, not asserted here."""
+continue the sequence they hold. Speed itself is measured by benchmarks/openvino_speed.py, not asserted here."""
 
 from __future__ import annotations
 
@@ -136,3 +136,19 @@ def test_low_memory_releases_mapped_weights_and_changes_nothing(model, onnx_file
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     if sys.platform.startswith("linux"):
         assert lean.info().extra["released_weight_mb"] > 0  # it found the .bin mapping
+
+
+def test_generate_on_a_stateful_session_feeds_one_token_per_step(model, onnx_file):
+    """runtimes.generate decodes a stateful session token by token (its cache is inside): same tokens as the
+    KV-cache session that is fed the cache, and the session saw one new token per step after the prompt."""
+    from curmoe.runtimes import generate
+
+    prompt = random_ids(model, 2, 4, seed=5)
+    want = generate(load(onnx_file, "openvino:cpu", threads=1), prompt, max_new_tokens=5)
+    s = load(onnx_file, "openvino:cpu", threads=1, stateful=True)
+    fed: list[int] = []
+    run = s.run
+    s.run = lambda feeds, *a, **k: (fed.append(feeds["input_ids"].shape[1]), run(feeds, *a, **k))[1]
+    got = generate(s, prompt, max_new_tokens=5)
+    np.testing.assert_array_equal(got, want)
+    assert fed == [4, 1, 1, 1, 1]
