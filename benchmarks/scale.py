@@ -256,6 +256,9 @@ def main() -> None:
                    "(calibrated with random token ids, uniform allocation) (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0,
                    help="also run the first layer count with N Ray workers, for each method (default: off)")
+    p.add_argument("--workers-only", action="store_true",
+                   help="with --workers: run only the worker jobs (their speed-up then uses the serial run already "
+                        "in --json)")
     p.add_argument("--ratio", type=float, default=0.7)
     p.add_argument("--calib-tokens", type=int, default=2048, help="random calibration tokens for cur-neuron")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads of the driver (Ray workers use 1 each)")
@@ -275,7 +278,7 @@ def main() -> None:
     base = run_job([sys.executable, "-c", "import curmoe, curmoe.compress"], env, work / "base.log")
     counts = [int(v) for v in args.layers.split(",")]
     methods = args.methods.split(",")
-    jobs = [(n, m, None) for m in methods for n in (counts if m == methods[0] else counts[:1])]
+    jobs = [] if args.workers_only else [(n, m, None) for m in methods for n in (counts if m == methods[0] else counts[:1])]
     if args.workers:
         jobs += [(counts[0], m, args.workers) for m in methods]
     infos = {}
@@ -314,10 +317,12 @@ def main() -> None:
               f"{res['load_average_1min'][0]:.1f}->{res['load_average_1min'][1]:.1f}", file=sys.stderr, flush=True)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
+    earlier = merge(Path(args.json), [])["runs"] if args.json else []
     for r in runs:
         r["interpreter_baseline_rss_bytes"] = base["peak_rss_bytes"]
         if r["workers"]:
-            serial = next((s for s in runs if job_key(s) == (r["dims_name"], r["layers"], r["method"], None)), None)
+            serial = next((s for s in runs + earlier if job_key(s) == (r["dims_name"], r["layers"], r["method"], None)),
+                          None)
             if serial is not None:
                 r["speedup_vs_serial"] = serial["wall_s"] / r["wall_s"]
     result = merge(Path(args.json), runs) if args.json else {"benchmark": "scale", "runs": runs}

@@ -63,7 +63,7 @@ def cluster(tmp_path_factory):
     # pytest imports this file under a name the workers cannot import: send the hook by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, logging_level="ERROR",
-             log_to_driver=False,
+             log_to_driver=False, _system_config={"worker_niceness": 0},  # Ray's default 15 starves them under load
              runtime_env={"worker_process_setup_hook": _arm_fault_injector,
                           "env_vars": {ARMED_ENV: str(armed)}})
     yield armed
