@@ -236,8 +236,10 @@ def test_upcycle_page_renders_both_blocks_and_says_what_is_missing() -> None:
                     "train_tokens": 3584, "partition_s": 37.0, "collect_s": 50.0, "train_s": 90.0}},
         {"k": 8, "ppl_token": 10.0, "ppl_word": 20.0, "active_ffn_share": 1.0,
          "report": {"layers": [], "partition_s": 37.0, "collect_s": 0.0, "train_s": 0.0}}]}
-    val = {"onnxruntime:cpu": {"passed": True, "max_rel_err": 1e-6}, "openvino:cpu": {"passed": False,
-                                                                                     "max_rel_err": 1e-2}}
+    ok = {"passed": True, "max_rel_err": 1e-6, "routing_agreement": 1.0, "hard_flips": 0, "ppl_rel_diff": 1e-7,
+          "failures": []}
+    val = {"onnxruntime:cpu": ok, "openvino:cpu": ok | {"passed": False, "max_rel_err": 1e-2,
+                                                         "failures": ["max_rel_err=0.01 > 3e-05"]}}
     pipe = {"provenance": prov, "moe": "/tmp/up/k4", "router": {"kind": "select", "top_k": 4}, "experts": 8,
             "ratio_count": "expert params", "calib": "word-level train", "eval": ev, "rows": [
                 {"method": "upcycled", "ratio_target": 0.0, "ratio_expert_params": 0.0, "ppl_token": 20.0,
@@ -250,6 +252,8 @@ def test_upcycle_page_renders_both_blocks_and_says_what_is_missing() -> None:
     assert "| k = 8 of 8 | 100.0% | 10.00 | 20.00 | 1.00x | 0 (exact) |" in page
     assert "| svd | 50% | 50.0% | 50.00 | 99.00 | 2.50x | 0.400 | 3.0 | pass (1.0e-06) | **FAIL** (1.0e-02) |" in page
     assert "commit `abc1234`" in page
+    assert "Validation: 2 of 4 runs pass. Every run routes as the reference (routing agreement >= 1.0000, 0 hard " \
+        "flips)" in page and "above the tolerance: `max_rel_err=0.01 > 3e-05`." in page
 
 
 def test_core_ml_program_routes_as_the_reference(tmp_path) -> None:

@@ -108,6 +108,20 @@ def _pipeline(b: dict[str, Any] | None) -> list[str]:
         body.append([r["method"], f"{100 * r['ratio_target']:.0f}%", f"{100 * r['ratio_expert_params']:.1f}%",
                      _f(r["ppl_token"]), _f(r["ppl_word"]), x, _f(r.get("mean_output_error"), 3),
                      _f(r.get("compress_s"), 1), v("onnxruntime:cpu"), v("openvino:cpu")])
+    vals = [v for r in rows for v in (r.get("validation") or {}).values()]
+    checks: list[str] = []
+    if vals:
+        bad = [v for v in vals if not v["passed"]]
+        agree = min(v["routing_agreement"] for v in vals if v["routing_agreement"] is not None)
+        checks = [f"Validation: {len(vals) - len(bad)} of {len(vals)} runs pass. Every run routes as the reference "
+                  f"(routing agreement >= {agree:.4f}, {sum(v['hard_flips'] for v in vals)} hard flips) and its "
+                  f"perplexity parity is within {max(v['ppl_rel_diff'] for v in vals):.1e} relative"
+                  + (f"; the failures are float32 logit errors of {min(v['max_rel_err'] for v in bad):.1e} to "
+                     f"{max(v['max_rel_err'] for v in bad):.1e} of the largest logit, above the tolerance: "
+                     + ", ".join(f"`{f}`" for f in sorted({f for v in bad for f in v["failures"]},
+                                                          key=lambda f: ("router" in f, f))[:2])
+                     + (", ..." if len({f for v in bad for f in v["failures"]}) > 2 else "") + "." if bad else "."),
+                  ""]
     router = b["router"]
     notes = [f"- `{m}`: {n}" for m, n in METHOD_NOTES.items() if any(r["method"] == m for r in rows)]
     return [
@@ -123,6 +137,7 @@ def _pipeline(b: dict[str, Any] | None) -> list[str]:
         _table(["method", "target", "expert params removed", "valid ppl (token)", "valid ppl (word)",
                 "x upcycled", "mean output error", "compress s", "ORT CPU", "OpenVINO CPU"], body),
         "",
+        *checks,
         *notes,
         "",
         _source(b),
