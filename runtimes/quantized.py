@@ -21,10 +21,18 @@ A file passes when every measure is within :data:`QUANT_BUDGETS` of its bit widt
 - ``ppl_rel_diff = |ppl_q / ppl_ref - 1|`` on the perplexity sample;
 - ``top1_agreement``.
 
-How the budgets were set (measured with ``benchmarks/quantize.py`` on the shipped wt2-moe-8x model, dense and
-compressed, and on wt2-moe-tiny, on ONNX Runtime CPU and OpenVINO CPU; the worst case of each measure is in
-docs/quantize.md): the budget is about 2x the worst measured value, rounded up, and well below what a corrupted
-weight costs (one expert matrix with its scales negated, tests/test_quantize.py).
+How the budgets were set (measured with ``benchmarks/quantize.py``, docs/results/data/quantize.json: wt2-moe-8x
+dense, neuron CUR 50/70%, per-matrix CUR 70% and SVD-LLM 70%, and wt2-moe-tiny, on ONNX Runtime CPU and OpenVINO
+CPU; the worst case of each measure over the healthy models, then about 1.5-2.5x room):
+
+- int8: max_rel_err <= 0.012 (budget 0.02), routing agreement >= 0.990 (0.97), ppl_rel <= 0.0066 (0.015), top-1
+  >= 0.977 (0.95);
+- int4: max_rel_err <= 0.097 (tiny; 0.083 on wt2-moe-8x) (budget 0.2), routing >= 0.938 (0.90), ppl_rel <= 0.045
+  (0.08), top-1 >= 0.867 (0.80). Per-matrix CUR at 70% (test perplexity 13.7x dense before quantisation) is over
+  the int4 budget (routing 0.852, ppl_rel 0.11, top-1 0.78; its WikiText-2 test perplexity rises 5.1%): the budget
+  flags it, as it should;
+- a corrupted weight (one expert matrix with its scales negated) costs 0.85-0.88 max_rel_err and 13-14% ppl_rel on
+  the tiny model, far over both budgets (tests/test_quantize.py).
 """
 
 from __future__ import annotations
@@ -63,8 +71,8 @@ class QuantBudget:
 
 
 QUANT_BUDGETS: dict[int, QuantBudget] = {
-    8: QuantBudget(max_rel_err=0.02, routing_agreement=0.97, ppl_rel=0.01, top1_agreement=0.95),
-    4: QuantBudget(max_rel_err=0.25, routing_agreement=0.85, ppl_rel=0.08, top1_agreement=0.75),
+    8: QuantBudget(max_rel_err=0.02, routing_agreement=0.97, ppl_rel=0.015, top1_agreement=0.95),
+    4: QuantBudget(max_rel_err=0.2, routing_agreement=0.90, ppl_rel=0.08, top1_agreement=0.80),
 }
 
 
