@@ -89,7 +89,7 @@ def _routers(b: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _pipeline(b: dict[str, Any] | None) -> list[str]:
+def _pipeline(b: dict[str, Any] | None, title: str = "## The MoE pipeline on the upcycled model") -> list[str]:
     if not b:
         return ["_No pipeline measurement yet: run `python benchmarks/upcycle.py pipeline`._", ""]
     rows = b["rows"]
@@ -125,7 +125,7 @@ def _pipeline(b: dict[str, Any] | None) -> list[str]:
     router = b["router"]
     notes = [f"- `{m}`: {n}" for m, n in METHOD_NOTES.items() if any(r["method"] == m for r in rows)]
     return [
-        "## The MoE pipeline on the upcycled model",
+        title,
         "",
         f"Model: `{b['moe']}` ({b['experts']} experts per layer, router `{router['kind']}` top-{router['top_k']}). "
         f"Ratios: {b['ratio_count']}. Calibration: {b['calib']} (computed once in {b.get('calibration_s', '?')} s, "
@@ -157,5 +157,7 @@ def upcycle_page(data: dict[str, Any]) -> str:
         "",
         *_routers(data.get("routers")),
         *_pipeline(data.get("pipeline")),
+        *(_pipeline(data["pipeline_exact"], "## The same pipeline on the exact upcycle (k = E: the dense model as "
+                    "8 experts)") if data.get("pipeline_exact") else []),
     ]
     return "\n".join(lines).rstrip() + "\n"
