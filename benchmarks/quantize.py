@@ -87,12 +87,21 @@ def real_size(block: int) -> dict:
                     per = sum(nncf_bytes(K, N, int(prec[3:]), block) for K, N in mats)
                 experts = per * E * L
                 rest = 4 * (attn + router + embed + head + L * 2 * d + d)  # float32 attention, router, norms
+                # --what all: attention and the LM head quantised too; embedding (a Gather), router, norms float32
+                if prec == "fp32":
+                    others = 0
+                else:
+                    fn = matmulnbits_bytes if rt == "onnxruntime" else nncf_bytes
+                    others = L * 4 * fn(d, d, int(prec[3:]), block) + fn(d, V, int(prec[3:]), block)
+                rest_all = rest if prec == "fp32" else others + 4 * (router + embed + L * 2 * d + d)
                 rows.append({"method": name, "precision": prec, "runtime": rt, "expert_params": params * E * L,
-                             "expert_bytes": experts, "total_bytes": experts + rest})
+                             "expert_bytes": experts, "total_bytes": experts + rest,
+                             "total_bytes_what_all": experts + rest_all})
     dense = {r["runtime"]: r for r in rows if r["method"] == "dense" and r["precision"] == "fp32"}
     for r in rows:
         r["expert_bytes_vs_dense_fp32"] = r["expert_bytes"] / dense[r["runtime"]]["expert_bytes"]
         r["total_bytes_vs_dense_fp32"] = r["total_bytes"] / dense[r["runtime"]]["total_bytes"]
+        r["total_bytes_what_all_vs_dense_fp32"] = r["total_bytes_what_all"] / dense[r["runtime"]]["total_bytes"]
     return {"shapes": OLMOE, "counted": "exactly from the shapes (curmoe.exporters.quantize.sizes formulas, checked "
                                        "against the tools' files in tests/test_quantize.py)",
             "ranks": {"cur 70%": rc, "svd 70%": rs, "cur-neuron 50%": round(f * 0.5),
