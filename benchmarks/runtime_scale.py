@@ -284,9 +284,10 @@ def save(args: argparse.Namespace, cfg: curmoe.ModelConfig, bw: float, batches: 
 
 
 def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict[str, Any]:
-    """Batch-1 decode of each compressed model (its default export layout) against the dense one, alternating
-    dense / compressed in every round with both sessions open, so that the other jobs of a shared machine slow
-    both sides of each ratio alike. Returns {"rounds", "steps", "pairs": [{model, dense_tok_s, tok_s, ratios}]}."""
+    """Batch-1 decode of each compressed model in each of its ORT fp32 layouts against the dense model, all
+    sessions open and timed alternately (dense, layout 1, layout 2, dense, ...) in every round, so that the other
+    jobs of a shared machine slow every side of a ratio alike. Returns {"rounds", "steps", "pairs": [{model,
+    layout, export, dense_tok_s, tok_s, ratio_median, ratio_best, ratios}]}."""
     from curmoe.exporters import OnnxExportConfig, export
     from curmoe.runtimes import load
 
@@ -303,28 +304,40 @@ def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict
     opts = {"low_memory": True} if args.low_memory else {}
     dense = Runner(load(dpath, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
     dense.decode(1, 2)
+    layouts = {r[1]: [] for r in plan(args)}
+    for label, key, runtime, exp, _ in plan(args):
+        if runtime == "onnxruntime:cpu" and "dtype" not in exp:
+            layouts[key].append((label, exp))
     pairs = []
     for key in keys:
         method, ratio = key.rstrip("0123456789"), int(key[len(key.rstrip("0123456789")):]) / 100
         m = compressed_model(cfg, tensors, shapes, method, ratio)
-        path = export(m, OnnxExportConfig(external_data=True), tmp / f"paired-{key}.onnx")
+        runners, paths = [], []
+        for label, exp in layouts[key]:
+            paths.append(export(m, OnnxExportConfig(**exp, external_data=True), tmp / f"paired-{key}-{len(paths)}.onnx"))
         del m
         gc.collect()
-        comp = Runner(load(path, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
-        comp.decode(1, 2)
-        td, tc = [], []
-        for _ in range(args.repeats):  # alternate: each round's two timings see the same machine load
+        for p in paths:
+            runners.append(Runner(load(p, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size))
+            runners[-1].decode(1, 2)
+        td: list[float] = []
+        tc: list[list[float]] = [[] for _ in runners]
+        for _ in range(args.repeats):  # alternate: each round's timings see the same machine load
             td.append(dense.decode(1, args.steps))
-            tc.append(comp.decode(1, args.steps))
-        del comp
+            for i, r in enumerate(runners):
+                tc[i].append(r.decode(1, args.steps))
+        del runners
         gc.collect()
-        path.unlink()
-        Path(str(path) + ".data").unlink(missing_ok=True)
-        ratios = [d / c for d, c in zip(td, tc)]
-        pairs.append({"model": key, "dense_tok_s": args.steps / min(td), "tok_s": args.steps / min(tc),
-                      "ratio_best": min(td) / min(tc), "ratio_median": float(np.median(ratios)), "ratios": ratios})
-        print(f"  paired {key}: x{pairs[-1]['ratio_median']:.2f} dense (median of {len(ratios)} rounds)",
-              file=sys.stderr)
+        for p in paths:
+            p.unlink()
+            Path(str(p) + ".data").unlink(missing_ok=True)
+        for (label, exp), t in zip(layouts[key], tc):
+            ratios = [d / c for d, c in zip(td, t)]
+            pairs.append({"model": key, "layout": label, "export": exp, "dense_tok_s": args.steps / min(td),
+                          "tok_s": args.steps / min(t), "ratio_best": min(td) / min(t),
+                          "ratio_median": float(np.median(ratios)), "ratios": ratios})
+            print(f"  paired {label}: x{pairs[-1]['ratio_median']:.2f} dense (median of {len(ratios)} rounds)",
+                  file=sys.stderr)
     return {"rounds": args.repeats, "steps": args.steps, "low_memory": args.low_memory,
             "dense_experts": args.dense_experts, "pairs": pairs}
 

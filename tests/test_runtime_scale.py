@@ -149,7 +149,7 @@ def test_paired_mode_alternates_and_keeps_the_table(tmp_path, rs):
     data = read_results(out)
     assert [r["row"] for r in data["shapes"]["baby"]["rows"]] == ["ORT cpu fp32 svd70"]  # the table is kept
     pairs = data["paired"]["baby"]["pairs"]
-    assert [p["model"] for p in pairs] == ["cur-neuron70"]
+    assert [p["layout"] for p in pairs] == ["ORT cpu fp32 cur-neuron70", "ORT cpu fp32 cur-neuron70 fused MoE"]
     for p in pairs:
         assert len(p["ratios"]) == 2 and p["ratio_best"] == pytest.approx(p["tok_s"] / p["dense_tok_s"])
 
