@@ -283,3 +283,21 @@ def test_results_page_judges_rows_by_the_current_budget():
     ok, _ = within_budget(row | {"validation": dict(row["validation"], max_rel_err=0.5)})
     assert not ok
     assert all({"met_bytes", "met_ppl"} <= set(t) for t in quantize_targets(data))
+
+
+def test_real_size_counts():
+    """benchmarks/quantize.py's OLMoE-shaped counts: dense fp32 experts are 4 B x 3 x d x d_ff x E x L; CUR and SVD
+    at 70% keep 28-30% of the expert parameters; int8 and int4 follow the per-matrix formulas."""
+    from benchmarks.quantize import OLMOE, real_size
+
+    rs = real_size(128)
+    rows = {(r["method"], r["precision"], r["runtime"]): r for r in rs["rows"]}
+    d, f, E, L = OLMOE["d_model"], OLMOE["d_ff"], OLMOE["n_experts"], OLMOE["n_layers"]
+    assert rows["dense", "fp32", "onnxruntime"]["expert_bytes"] == 4 * 3 * d * f * E * L
+    assert rows["dense", "int8", "onnxruntime"]["expert_bytes"] == E * L * (
+        2 * matmulnbits_bytes(d, f, 8, 128) + matmulnbits_bytes(f, d, 8, 128))
+    for m in ("cur-neuron 70%", "cur 70%", "svd 70%"):
+        assert 0.27 < rows[m, "fp32", "onnxruntime"]["expert_bytes_vs_dense_fp32"] <= 0.301
+        for rt in ("onnxruntime", "openvino"):
+            assert rows[m, "int4", rt]["expert_bytes"] < rows[m, "int8", rt]["expert_bytes"] < 0.1 * rows[
+                "dense", "fp32", rt]["expert_bytes"]
