@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default=",".join(PRECISIONS))
     p.add_argument("--runtimes", default=",".join(RUNTIMES))
     p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--what", choices=["experts", "all"], default="experts", help="what curmoe quantize --what takes")
     p.add_argument("--calib-tokens", type=int, default=16384)
     p.add_argument("--max-tokens", type=int, default=65536, help="score the first N tokens of test")
     p.add_argument("--threads", type=int, default=None)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"provenance": provenance(argv), "model": Path(model_dir).name, "n_params": model.n_params(),
                "calib": f"wikitext2:train, first {args.calib_tokens} tokens", "split": "test",
                "eval_tokens": f"first {args.max_tokens} of test", "block_size": args.block_size,
-               "what": "experts", "real_size": real_size(args.block_size), "rows": []}
+               "what": args.what, "real_size": real_size(args.block_size), "rows": []}
     write_results(args.out, results)
     opts = {} if args.threads is None else {"threads": args.threads}
     try:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "hard_flips": v.hard_flips, "failures": list(v.failures)}
                     else:
                         path = tmp / f"{name}-{prec}{suffix}"
-                        qr = quantize(onnx_path, QuantizeConfig(bits=int(prec[3:]), runtime=rt,
+                        qr = quantize(onnx_path, QuantizeConfig(bits=int(prec[3:]), runtime=rt, what=args.what,
                                                                 block_size=args.block_size), path)
                         row["int8_backup"] = len(qr.info.get("int8_backup", []))
                         v = validate_quantized(path, m, RUNTIMES[rt], **opts)
