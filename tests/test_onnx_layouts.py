@@ -141,3 +141,19 @@ def test_fused_weights_streamed_to_external_data_equal_inline(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert validate(b_path, model, "onnxruntime:cpu", decode_steps=2).passed
+
+
+def test_layout_for_picks_the_measured_fastest_per_runtime(tmp_path):
+    from curmoe.exporters.onnx import layout_for
+
+    dense = baby_model(dtype=np.float32, router=dict(normalize=True))
+    cfg = layout_for(dense, "onnxruntime:cpu")
+    assert cfg.fused_moe and cfg.fold_u  # dense SwiGLU top-k experts on ORT: the fused kernel
+    assert validate(export(dense, cfg, tmp_path / "f.onnx"), dense, "onnxruntime:cpu", decode_steps=2).passed
+    assert not layout_for(dense, "openvino:cpu").fused_moe  # no com.microsoft.MoE there
+    assert not layout_for(dense, "onnxruntime:cpu", dispatch="dense").fused_moe
+    assert not layout_for(dense, "onnxruntime:cpu", fused_moe=False).fused_moe  # an explicit choice is kept
+    assert not layout_for(cur_model(), "onnxruntime:cpu").fused_moe  # factorised experts
+    assert not layout_for(neuron_model("uniform"), "onnxruntime:cpu").fused_moe  # measured slower fused
+    assert not layout_for(baby_model(**VARIANTS["hash"]), "onnxruntime:cpu").fused_moe  # not a top-k router
+    assert layout_for(dense, "onnxruntime:cpu", dtype="float16").dtype == "float16"

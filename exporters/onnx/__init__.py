@@ -17,9 +17,9 @@ from curmoe.exporters.onnx._config import (
 from curmoe.exporters.onnx.outputs import with_routing_outputs
 
 __all__ = ["OnnxExportConfig", "DEFAULT_OPSET", "MAX_OPSET", "EXTERNAL_DATA_BYTES", "export_onnx",
-           "with_routing_outputs"]
+           "with_routing_outputs", "layout_for"]
 
-_LAZY = {"export_onnx": "curmoe.exporters.onnx._export"}
+_LAZY = {"export_onnx": "curmoe.exporters.onnx._export", "layout_for": "curmoe.exporters.onnx._layouts"}
 
 
 def __getattr__(name: str) -> Any:
