@@ -24,6 +24,7 @@ __all__ = ["best_bandwidth", "layout_choices", "runtime_scale_figure", "runtime_
            "with_roofline"]
 
 BASE = "ORT cpu fp32 dense"
+_NAMES = {"olmoe": "OLMoE", "mixtral": "Mixtral", "baby": "Baby"}
 # issue 15: (model key, decode speed-up over dense at batch 1, share of the roofline) on ORT CPU
 TARGETS = (("cur-neuron70", 2.5, 0.6), ("cur70", 2.0, None), ("svd70", 2.0, None))
 
@@ -116,10 +117,11 @@ def _shape_section(name: str, run: dict[str, Any], paired: dict[str, Any] | None
     base = next((r for r in _ok(rows) if r["row"] == BASE), None)
     bw, bw_end = run["bandwidth"], run.get("bandwidth_end")
     dense = run["models"].get("dense", {})
-    lines = [f"## {name.capitalize()}-shaped: d_model {c['d_model']}, {c['n_heads']} heads / "
+    lines = [f"## {_NAMES.get(name, name)}-shaped: d_model {c['d_model']}, {c['n_heads']} heads / "
              f"{c.get('n_kv_heads') or c['n_heads']} KV heads, {moe['n_experts']} experts of d_ff {moe['d_ff']}, "
              f"top-{moe['router']['top_k']}, {run['layers']} layer(s), vocab {run['vocab']:,}", "",
-             f"Dense: {dense.get('params', 0) / 1e6:,.0f} M parameters ({dense.get('expert_params', 0) / 1e6:,.0f} M "
+             ("Dense surrogate (see below): " if any(r.get("dense_experts") for r in rows) else "Dense: ")
+             + f"{dense.get('params', 0) / 1e6:,.0f} M parameters ({dense.get('expert_params', 0) / 1e6:,.0f} M "
              f"in experts). {run['threads']} thread(s); decode: {run['decode_steps']} steps after a 16-token prompt, "
              f"best of {run['repeats']}; prefill best of {run['repeats']} (T >= 512: of {run.get('long_repeats', 1)}). "
              f"Copy bandwidth {bw / 1e9:.1f} GB/s at the start"
