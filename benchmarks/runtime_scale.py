@@ -284,9 +284,9 @@ def save(args: argparse.Namespace, cfg: curmoe.ModelConfig, bw: float, batches: 
 
 
 def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict[str, Any]:
-    """Batch-1 decode of each compressed model in each of its ORT fp32 layouts against the dense model, all
-    sessions open and timed alternately (dense, layout 1, layout 2, dense, ...) in every round, so that the other
-    jobs of a shared machine slow every side of a ratio alike. Returns {"rounds", "steps", "pairs": [{model,
+    """Batch-1 decode of each compressed model in each of its ORT fp32 layouts against the dense model: the dense
+    session and one compressed session open together and timed alternately in every round, so that the other jobs
+    of a shared machine slow both sides of a ratio alike. Returns {"rounds", "steps", "pairs": [{model,
     layout, export, dense_tok_s, tok_s, ratio_median, ratio_best, ratios}]}."""
     from curmoe.exporters import OnnxExportConfig, export
     from curmoe.runtimes import load
@@ -312,29 +312,26 @@ def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict
     for key in keys:
         method, ratio = key.rstrip("0123456789"), int(key[len(key.rstrip("0123456789")):]) / 100
         m = compressed_model(cfg, tensors, shapes, method, ratio)
-        runners, paths = [], []
+        paths: list[Path] = []
         for label, exp in layouts[key]:
             paths.append(export(m, OnnxExportConfig(**exp, external_data=True), tmp / f"paired-{key}-{len(paths)}.onnx"))
         del m
         gc.collect()
-        for p in paths:
-            runners.append(Runner(load(p, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size))
-            runners[-1].decode(1, 2)
-        td: list[float] = []
-        tc: list[list[float]] = [[] for _ in runners]
-        for _ in range(args.repeats):  # alternate: each round's timings see the same machine load
-            td.append(dense.decode(1, args.steps))
-            for i, r in enumerate(runners):
-                tc[i].append(r.decode(1, args.steps))
-        del runners
-        gc.collect()
-        for p in paths:
+        for (label, exp), p in zip(layouts[key], paths):  # one compressed session open beside the dense one
+            comp = Runner(load(p, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
+            comp.decode(1, 2)
+            td: list[float] = []
+            tc: list[float] = []
+            for _ in range(args.repeats):  # alternate: each round's two timings see the same machine load
+                td.append(dense.decode(1, args.steps))
+                tc.append(comp.decode(1, args.steps))
+            del comp
+            gc.collect()
             p.unlink()
             Path(str(p) + ".data").unlink(missing_ok=True)
-        for (label, exp), t in zip(layouts[key], tc):
-            ratios = [d / c for d, c in zip(td, t)]
+            ratios = [d / c for d, c in zip(td, tc)]
             pairs.append({"model": key, "layout": label, "export": exp, "dense_tok_s": args.steps / min(td),
-                          "tok_s": args.steps / min(t), "ratio_best": min(td) / min(t),
+                          "tok_s": args.steps / min(tc), "ratio_best": min(td) / min(tc),
                           "ratio_median": float(np.median(ratios)), "ratios": ratios})
             print(f"  paired {label}: x{pairs[-1]['ratio_median']:.2f} dense (median of {len(ratios)} rounds)",
                   file=sys.stderr)
