@@ -297,7 +297,7 @@ def upcycle(model: Model, config: UpcycleConfig, calib_ids: np.ndarray | None = 
     n = feats[0].shape[0]
     gen = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(n, generator=gen)
-    n_hold = int(round(n * config.holdout))
+    n_hold = round(n * config.holdout)
     hold, train = perm[:n_hold], perm[n_hold:]
     if train.numel() == 0:
         raise InvalidInputError(f"{n} calibration tokens leave none to train on after the holdout; pass more")

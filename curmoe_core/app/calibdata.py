@@ -55,10 +55,12 @@ def text_token_stream(spec: str, model: Any, *, data_dir: str | None = None,
         lines = tuple(f.read_text(encoding="utf-8").splitlines())
     if word_level:
         tok = load_tokenizer(model.tokenizer_path)
-        encode = lambda part: encode_lines(tok, part)  # noqa: E731  one <eos> after every line
+        def encode(part: tuple[str, ...]) -> np.ndarray:
+            return encode_lines(tok, part)  # one <eos> after every line
     else:
         hf = load_hf_tokenizer(model.tokenizer_path)
-        encode = lambda part: encode_text(hf, WikiText2Split("train", True, part))  # noqa: E731  lines + "\n"
+        def encode(part: tuple[str, ...]) -> np.ndarray:
+            return encode_text(hf, WikiText2Split("train", True, part))  # every line followed by "\n"
     if max_tokens is None:
         return encode(lines)
     if not word_level:  # one stream: a byte-level BPE may merge across line ends, so encode growing prefixes of

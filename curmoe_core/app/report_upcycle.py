@@ -89,6 +89,13 @@ def _routers(b: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _check(x: dict[str, Any] | None) -> str:
+    """One validation run as "pass (max rel err)" or "**FAIL** (...)"."""
+    if x is None:
+        return "-"
+    return ("pass" if x["passed"] else "**FAIL**") + f" ({x['max_rel_err']:.1e})"
+
+
 def _pipeline(b: dict[str, Any] | None, title: str = "## The MoE pipeline on the upcycled model") -> list[str]:
     if not b:
         return ["_No pipeline measurement yet: run `python benchmarks/upcycle.py pipeline`._", ""]
@@ -97,17 +104,11 @@ def _pipeline(b: dict[str, Any] | None, title: str = "## The MoE pipeline on the
     body = []
     for r in sorted(rows, key=lambda r: (r["ratio_target"], r["method"] != "upcycled", r["method"])):
         val = r.get("validation") or {}
-
-        def v(rt: str) -> str:
-            x = val.get(rt)
-            if x is None:
-                return "-"
-            return ("pass" if x["passed"] else "**FAIL**") + f" ({x['max_rel_err']:.1e})"
-
         x = f"{r['ppl_token'] / base['ppl_token']:.2f}x" if base else "-"
         body.append([r["method"], f"{100 * r['ratio_target']:.0f}%", f"{100 * r['ratio_expert_params']:.1f}%",
                      _f(r["ppl_token"]), _f(r["ppl_word"]), x, _f(r.get("mean_output_error"), 3),
-                     _f(r.get("compress_s"), 1), v("onnxruntime:cpu"), v("openvino:cpu")])
+                     _f(r.get("compress_s"), 1), _check(val.get("onnxruntime:cpu")),
+                     _check(val.get("openvino:cpu"))])
     vals = [v for r in rows for v in (r.get("validation") or {}).values()]
     checks: list[str] = []
     if vals:

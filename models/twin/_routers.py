@@ -2,9 +2,10 @@
 
 Maths as in docs/gating.md: ``topk`` (Shazeer et al. 2017), ``switch`` with per-sequence capacity (Fedus et al.
 2021), ``expert_choice`` (Zhou et al. 2022), ``hash`` (Roller et al. 2021), ``sigmoid_bias`` (DeepSeek-V3, Liu et
-al. 2024: the bias steers selection only), ``random`` and ``select`` (unit gates, MoEfication). Probabilities are computed in float64 like the reference
-(gates come back in the activations' dtype and carry gradients to the router), and every selection is a stable sort
-of the negated scores, so ties break toward the lower expert (or token) index, as ONNX ``TopK`` does.
+al. 2024: the bias steers selection only), ``random`` and ``select`` (unit gates, MoEfication). Probabilities are
+computed in float64 like the reference (gates come back in the activations' dtype and carry gradients to the
+router), and every selection is a stable sort of the negated scores, so ties break toward the lower expert (or token)
+index, as ONNX ``TopK`` does.
 
 A routing group is one sequence's real tokens (full forward) or its new tokens (decoding with a KV cache); the
 capacity routers and ``random`` see one group at a time, the others are per token.
