@@ -154,6 +154,7 @@ def test_layout_for_picks_the_measured_fastest_per_runtime(tmp_path):
     assert not layout_for(dense, "onnxruntime:cpu", dispatch="dense").fused_moe
     assert not layout_for(dense, "onnxruntime:cpu", fused_moe=False).fused_moe  # an explicit choice is kept
     assert not layout_for(cur_model(), "onnxruntime:cpu").fused_moe  # factorised experts
-    assert not layout_for(neuron_model("uniform"), "onnxruntime:cpu").fused_moe  # measured slower fused
+    assert layout_for(neuron_model("uniform", router=dict(normalize=True)), "onnxruntime:cpu").fused_moe  # one width
+    assert not layout_for(neuron_model("global", router=dict(normalize=True)), "onnxruntime:cpu").fused_moe  # padded
     assert not layout_for(baby_model(**VARIANTS["hash"]), "onnxruntime:cpu").fused_moe  # not a top-k router
     assert layout_for(dense, "onnxruntime:cpu", dtype="float16").dtype == "float16"
