@@ -279,8 +279,8 @@ def save(args: argparse.Namespace, cfg: curmoe.ModelConfig, bw: float, batches: 
     out = Path(args.out)
     data = read_results(out) if out.exists() else {}
     runs = data.get("shapes", {}) | {args.shape: run}
-    write_results(out, {"provenance": run["provenance"], "shapes": runs,
-                        "rows": [dict(r, shape=s) for s, v in runs.items() for r in v["rows"]]})
+    write_results(out, data | {"provenance": run["provenance"], "shapes": runs,  # other keys ("paired") kept
+                               "rows": [dict(r, shape=s) for s, v in runs.items() for r in v["rows"]]})
 
 
 def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict[str, Any]:

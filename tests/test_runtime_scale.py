@@ -146,6 +146,7 @@ def test_paired_mode_alternates_and_keeps_the_table(tmp_path, rs):
               "--prefill", "16", "--skip-openvino", "--no-fp16", "--ratios", "70", "--out", str(out)]
     assert rs.main(common + ["--only", "svd70"]) == 0
     assert rs.main(common + ["--paired", "cur-neuron70"]) == 0
+    assert rs.main(common + ["--only", "svd70"]) == 0  # a later table run keeps the paired results
     data = read_results(out)
     assert [r["row"] for r in data["shapes"]["baby"]["rows"]] == ["ORT cpu fp32 svd70"]  # the table is kept
     pairs = data["paired"]["baby"]["pairs"]
