@@ -175,3 +175,11 @@ def test_roofline_uses_the_highest_bandwidth_seen_in_the_run():
     assert best_bandwidth(run) == 2e10
     r = with_roofline(run)["rows"][0]  # dense: 1e9 bytes a step
     assert r["roofline_b1_tok_s"] == pytest.approx(20.0) and r["roofline_b1_frac"] == pytest.approx(0.5)
+
+
+def test_an_unpaired_ratio_above_the_byte_roofline_is_not_judged():
+    run = _data()["shapes"]["olmoe"]
+    run["rows"][5] = _row("ORT cpu fp32 svd70", "svd70", 40.0, 4e8)  # 4x dense with 2.5x fewer bytes
+    t = {x["model"]: x for x in scale_targets(run)}
+    assert t["svd70"]["met"] is None
+    assert "not judged" in runtime_scale_page(_data() | {"shapes": {"olmoe": run}}, None)
