@@ -125,3 +125,19 @@ def test_cli_eval_and_compress_on_a_pretrained_style_folder(hf_dir, tmp_path, ca
     assert (out / "tokenizer_config.json").is_file()
     assert main(["eval", str(out), "--data-dir", str(data), "--max-tokens", "100", "--json"]) == 0
     assert np.isfinite(json.loads(capsys.readouterr().out)["ppl_token"])
+
+
+def test_compress_takes_the_dense_folder_itself(hf_dir, tmp_path, capsys) -> None:
+    """`curmoe compress` on an all-dense folder compresses each FFN as one always-on expert (as_single_expert);
+    the library names that fix instead of dividing by zero expert parameters."""
+    from curmoe.app.cli import main
+
+    folder, data = hf_dir
+    out = tmp_path / "small"
+    assert main(["compress", str(folder), "--method", "cur-neuron", "--ratio", "0.5", "--calib", "wikitext2:train",
+                 "--calib-tokens", "256", "--data-dir", str(data), "-o", str(out), "--no-calib-cache",
+                 "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["ratio_expert_params"] >= 0.5 and (out / "tokenizer_config.json").is_file()
+    with pytest.raises(InvalidInputError, match="no experts to compress.*as_single_expert"):
+        curmoe.compress(curmoe.load(folder), curmoe.SVDConfig(ratio=0.5))

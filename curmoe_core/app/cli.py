@@ -238,6 +238,10 @@ def _compress(args: argparse.Namespace) -> int:
     if args.stream or (Path(args.model_dir) / "model.safetensors.index.json").is_file():
         return _emit_compress(_compress_streamed(args), args)
     model = _load_model(args.model_dir)
+    if not model.n_expert_params():  # an all-dense model (a converted Llama/SmolLM2): each FFN = one always-on expert
+        from curmoe.models.pretrained import as_single_expert
+
+        model = as_single_expert(model)
     calib = _load_calib(args.calib, model, args.data_dir, args.calib_tokens)
     cfg = _compress_config(args, aware=calib is not None)
     from curmoe.compress import default_cache_dir

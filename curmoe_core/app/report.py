@@ -29,6 +29,8 @@ from typing import Any
 
 from curmoe.app.report_memory import memory_page
 from curmoe.app.report_pretrained import pretrained_page
+from curmoe.app.report_quantize import quantize_page
+from curmoe.app.report_upcycle import upcycle_page
 from curmoe.app.report_serve import serve_figure, serve_page
 from curmoe.app.report_tables import source as _source
 from curmoe.app.report_tables import table as _table
@@ -49,6 +51,9 @@ SOURCES = {
                               "--out docs/results/data/memory.json"),
     "serve": ("serve.json", "python benchmarks/serve.py --json-file docs/results/data/serve.json"),
     "pretrained": ("pretrained.json", "python benchmarks/pretrained.py"),
+    "quantize": ("quantize.json", "python benchmarks/quantize.py --threads 1 --max-tokens 65536 "
+                                  "--out docs/results/data/quantize.json"),
+    "upcycle": ("upcycle.json", "python benchmarks/upcycle.py"),
 }
 # Healed rows may come from a second run of benchmarks/compression.py (--methods "... +heal"), merged into the
 # compression page when present.
@@ -928,7 +933,7 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
     written: list[Path] = []
     pages = {"compression": "compression.md", "gating": "gating.md", "runtime": "runtime.md",
              "interpret": "interpretability.md", "memory": "memory.md", "serve": "serve.md",
-             "pretrained": "pretrained.md"}
+             "pretrained": "pretrained.md", "quantize": "quantize.md", "upcycle": "upcycle.md"}
     for name, page in pages.items():
         d = results.get(name)
         if d is None:
@@ -949,6 +954,10 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
             written.append(serve_figure(d, out / "serve.png"))
         elif name == "pretrained":
             text = pretrained_page(d)
+        elif name == "quantize":
+            text = quantize_page(d)
+        elif name == "upcycle":
+            text = upcycle_page(d)
         else:
             text, made = interpret_outputs(d, out)
             written += made

@@ -121,6 +121,10 @@ def compress(model: Model, config: Config, *, calib_ids: np.ndarray | None = Non
         )
     if model.config.factors:
         raise InvalidInputError("this model is already compressed; compress the dense original instead")
+    if not model.n_expert_params():
+        raise InvalidInputError(
+            "this model has no experts to compress (every FFN is dense); wrap each dense FFN as one always-on expert "
+            "first: curmoe.models.pretrained.as_single_expert(model) (curmoe compress does this itself)")
     ids = None if calib_ids is None else check_calib_ids(calib_ids)
     t0 = time.perf_counter()
     units = _units(model, config, method.unit)
