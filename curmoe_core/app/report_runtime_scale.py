@@ -223,9 +223,11 @@ def runtime_scale_figure(data: dict[str, Any], path: Path) -> Path:
         ax.set_yticks(y, [r["row"] for r in rows], fontsize=6)
         ax.set_xlim(0, None)
         ax.set_xlabel("decode tok/s, batch 1 (green ORT CPU, purple OpenVINO CPU)", fontsize=8)
-        ax.set_title(f"{name}-shaped, {run['layers']} layer(s), {run['threads']} thread(s)", fontsize=9)
+        ax.set_title(f"{_NAMES.get(name, name)}-shaped, {run['layers']} layer(s), {run['threads']} thread(s) "
+                     "(unpaired rows: see the paired table for ratios)", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(True, axis="x", alpha=0.3)
+    fig.subplots_adjust(hspace=0.5)
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
                                                           metadata={"Software": None}))
