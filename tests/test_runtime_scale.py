@@ -129,30 +129,18 @@ def test_benchmark_end_to_end_on_a_baby_shape(tmp_path, rs):
         assert "error" not in r, r
         assert r["decode_b1_tok_s"] > 0 and r["decode_b8_tok_s"] > 0 and r["prefill_16_ms"] > 0
         assert 0 < r["roofline_b1_frac"] == pytest.approx(r["decode_b1_tok_s"] / r["roofline_b1_tok_s"])
-    # a surrogate dense row (2 experts, same top-2): batch 1 only, marked
+    # the paired measurement: every ORT fp32 layout of a model alternated with dense, stored beside the table
+    assert rs.main(common + ["--paired", "cur-neuron70"]) == 0
+    pairs = read_results(out)["paired"]["baby"]["pairs"]
+    assert [p["layout"] for p in pairs] == ["ORT cpu fp32 cur-neuron70", "ORT cpu fp32 cur-neuron70 fused MoE"]
+    for p in pairs:
+        assert len(p["ratios"]) == 1 and p["ratio_best"] == pytest.approx(p["tok_s"] / p["dense_tok_s"])
+    # a surrogate dense row (2 experts, same top-2): batch 1 only, marked; the paired results are kept
     assert rs.main(common + ["--only", "dense", "--dense-experts", "2", "--no-fused-dense"]) == 0
     data = read_results(out)
     (row,) = data["shapes"]["baby"]["rows"]
     assert row["dense_experts"] == 2 and "decode_b8_tok_s" not in row
-    assert "surrogate" in runtime_scale_page(data, None)
-
-
-def test_paired_mode_alternates_and_keeps_the_table(tmp_path, rs):
-    pytest.importorskip("onnxruntime")
-    from curmoe.app.results import read_results
-
-    out = tmp_path / "r.json"
-    common = ["--shape", "baby", "--layers", "1", "--vocab", "256", "--steps", "2", "--repeats", "2",
-              "--prefill", "16", "--skip-openvino", "--no-fp16", "--ratios", "70", "--out", str(out)]
-    assert rs.main(common + ["--only", "svd70"]) == 0
-    assert rs.main(common + ["--paired", "cur-neuron70"]) == 0
-    assert rs.main(common + ["--only", "svd70"]) == 0  # a later table run keeps the paired results
-    data = read_results(out)
-    assert [r["row"] for r in data["shapes"]["baby"]["rows"]] == ["ORT cpu fp32 svd70"]  # the table is kept
-    pairs = data["paired"]["baby"]["pairs"]
-    assert [p["layout"] for p in pairs] == ["ORT cpu fp32 cur-neuron70", "ORT cpu fp32 cur-neuron70 fused MoE"]
-    for p in pairs:
-        assert len(p["ratios"]) == 2 and p["ratio_best"] == pytest.approx(p["tok_s"] / p["dense_tok_s"])
+    assert "surrogate" in runtime_scale_page(data, None) and data["paired"]["baby"]["pairs"] == pairs
 
 
 def test_paired_ratio_decides_the_target():
