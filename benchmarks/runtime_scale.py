@@ -297,27 +297,30 @@ def paired(args: argparse.Namespace, cfg: curmoe.ModelConfig, tmp: Path) -> dict
     shapes = {f"{expert_prefix(l, e)}.{n}": (cfg.d_model, cfg.moe.d_ff) if n == "down" else (cfg.moe.d_ff, cfg.d_model)
               for l in range(cfg.n_layers) for e in range(cfg.moe.n_experts) for n in ("gate", "up", "down")}
     dcfg = replace(cfg, moe=replace(cfg.moe, n_experts=args.dense_experts)) if args.dense_experts else cfg
-    m = curmoe.Model.random(dcfg, seed=0, dtype=np.float32)
-    dpath = export(m, OnnxExportConfig(external_data=True), tmp / "paired-dense.onnx")
-    del m
-    gc.collect()
-    opts = {"low_memory": True} if args.low_memory else {}
-    dense = Runner(load(dpath, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
-    dense.decode(1, 2)
-    layouts = {r[1]: [] for r in plan(args)}
+    layouts: dict[str, list[tuple[str, dict[str, Any]]]] = {r[1]: [] for r in plan(args)}
     for label, key, runtime, exp, _ in plan(args):
         if runtime == "onnxruntime:cpu" and "dtype" not in exp:
             layouts[key].append((label, exp))
-    pairs = []
-    for key in keys:
-        method, ratio = key.rstrip("0123456789"), int(key[len(key.rstrip("0123456789")):]) / 100
-        m = compressed_model(cfg, tensors, shapes, method, ratio)
-        paths: list[Path] = []
-        for label, exp in layouts[key]:
-            paths.append(export(m, OnnxExportConfig(**exp, external_data=True), tmp / f"paired-{key}-{len(paths)}.onnx"))
+    # every export first, one model in memory at a time, then the sessions (memory: never a model beside them)
+    paths: dict[str, list[Path]] = {}
+    for key in ["dense"] + keys:
+        if key == "dense":
+            m = curmoe.Model.random(dcfg, seed=0, dtype=np.float32)
+            todo = [("dense", {})]
+        else:
+            method, ratio = key.rstrip("0123456789"), int(key[len(key.rstrip("0123456789")):]) / 100
+            m = compressed_model(cfg, tensors, shapes, method, ratio)
+            todo = layouts[key]
+        paths[key] = [export(m, OnnxExportConfig(**exp, external_data=True), tmp / f"paired-{key}-{i}.onnx")
+                      for i, (_, exp) in enumerate(todo)]
         del m
         gc.collect()
-        for (label, exp), p in zip(layouts[key], paths):  # one compressed session open beside the dense one
+    opts = {"low_memory": True} if args.low_memory else {}
+    dense = Runner(load(paths["dense"][0], "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
+    dense.decode(1, 2)
+    pairs = []
+    for key in keys:
+        for (label, exp), p in zip(layouts[key], paths[key]):  # one compressed session open beside the dense one
             comp = Runner(load(p, "onnxruntime:cpu", threads=args.threads, **opts), cfg.vocab_size)
             comp.decode(1, 2)
             td: list[float] = []
