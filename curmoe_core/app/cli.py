@@ -235,8 +235,8 @@ def _compress(args: argparse.Namespace) -> int:
     _check_model_output(args.output, args.force)
     from pathlib import Path
 
-    if args.stream or (Path(args.model_dir) / "model.safetensors.index.json").is_file():
-        return _emit_compress(_compress_streamed(args), args)
+    if args.stream or args.workers is not None or (Path(args.model_dir) / "model.safetensors.index.json").is_file():
+        return _emit_compress(_compress_streamed(args), args)  # --workers implies --stream (Ray runs streamed units)
     model = _load_model(args.model_dir)
     if not model.n_expert_params():  # an all-dense model (a converted Llama/SmolLM2): each FFN = one always-on expert
         from curmoe.models.pretrained import as_single_expert
