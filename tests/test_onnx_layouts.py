@@ -158,3 +158,17 @@ def test_layout_for_picks_the_measured_fastest_per_runtime(tmp_path):
     assert not layout_for(neuron_model("global", router=dict(normalize=True)), "onnxruntime:cpu").fused_moe  # padded
     assert not layout_for(baby_model(**VARIANTS["hash"]), "onnxruntime:cpu").fused_moe  # not a top-k router
     assert layout_for(dense, "onnxruntime:cpu", dtype="float16").dtype == "float16"
+
+
+def test_cli_export_folds_u_by_default_and_no_fold_u_keeps_it(tmp_path) -> None:
+    """`curmoe export` follows the config default (U folded into C); --no-fold-u keeps C, U, R as three MatMuls."""
+    from curmoe.app.cli import main
+
+    src = cur_model().save(tmp_path / "cur")
+    sizes = {}
+    for flag in ([], ["--no-fold-u"]):
+        out = tmp_path / f"m{len(flag)}.onnx"
+        assert main(["export", str(src), "--format", "onnx", "-o", str(out)] + flag) == 0
+        sizes[bool(flag)] = sum(int(np.prod(a.shape)) for n, a in initializers(out).items() if ".experts." in n)
+    u = sum(v.U.size for v in curmoe.load(src).experts.values() if isinstance(v, CURLinear))
+    assert u > 0 and sizes[True] - sizes[False] == u  # C U folded is C's shape: only the U (r, r) go

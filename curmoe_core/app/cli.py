@@ -338,7 +338,9 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="weight and compute dtype of the graph (default: %(default)s)")
-    p.add_argument("--fold-u", action="store_true", help="fold CUR's U into C in the graph")
+    p.add_argument("--fold-u", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold CUR's U into C in the graph (the default for graph exports: one MatMul less, measured "
+                        "in docs/runtime_scale.md; the checkpoint keeps C, U, R); --no-fold-u keeps three MatMuls")
     p.add_argument("--no-cache", action="store_true", help="full-sequence graph without KV cache inputs")
     p.add_argument("--fused-moe", action="store_true", help="ORT com.microsoft.MoE for dense experts")
     p.add_argument("-o", "--output", required=True,
@@ -383,7 +385,7 @@ def _export(args: argparse.Namespace) -> int:
     model = _load_model(args.model_dir)
     tokenizer_path = model.tokenizer_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
+    cfg = OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u is not False,
                            with_cache=not args.no_cache, fused_moe=args.fused_moe)
     if args.format == "onnx":
         path = export(model, cfg, path)

@@ -30,6 +30,7 @@ from typing import Any
 from curmoe.app.report_memory import memory_page
 from curmoe.app.report_pretrained import pretrained_page
 from curmoe.app.report_quantize import quantize_page
+from curmoe.app.report_runtime_scale import runtime_scale_figure, runtime_scale_page
 from curmoe.app.report_upcycle import upcycle_page
 from curmoe.app.report_serve import serve_figure, serve_page
 from curmoe.app.report_tables import source as _source
@@ -54,6 +55,9 @@ SOURCES = {
     "quantize": ("quantize.json", "python benchmarks/quantize.py --threads 1 --max-tokens 65536 "
                                   "--out docs/results/data/quantize.json"),
     "upcycle": ("upcycle.json", "python benchmarks/upcycle.py"),
+    "runtime_scale": ("runtime_scale.json", "python benchmarks/runtime_scale.py --shape olmoe --layers 1 --low-memory "
+                                            "--paired svd70,cur70,cur-neuron70 (and the table runs in "
+                                            "docs/runtime_scale.md)"),
 }
 # Healed rows may come from a second run of benchmarks/compression.py (--methods "... +heal"), merged into the
 # compression page when present.
@@ -933,7 +937,8 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
     written: list[Path] = []
     pages = {"compression": "compression.md", "gating": "gating.md", "runtime": "runtime.md",
              "interpret": "interpretability.md", "memory": "memory.md", "serve": "serve.md",
-             "pretrained": "pretrained.md", "quantize": "quantize.md", "upcycle": "upcycle.md"}
+             "pretrained": "pretrained.md", "quantize": "quantize.md", "upcycle": "upcycle.md",
+             "runtime_scale": "runtime_scale.md"}
     for name, page in pages.items():
         d = results.get(name)
         if d is None:
@@ -958,6 +963,9 @@ def report(data_dir: str | os.PathLike[str] = "docs/results/data", out_dir: str 
             text = quantize_page(d)
         elif name == "upcycle":
             text = upcycle_page(d)
+        elif name == "runtime_scale":
+            text = runtime_scale_page(d, "runtime_scale.png")
+            written.append(runtime_scale_figure(d, out / "runtime_scale.png"))
         else:
             text, made = interpret_outputs(d, out)
             written += made

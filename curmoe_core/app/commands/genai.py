@@ -16,7 +16,7 @@ from curmoe.app.cli import folder_format
 def _onnx_config(args: argparse.Namespace) -> Any:
     from curmoe.exporters import OnnxExportConfig
 
-    return OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u,
+    return OnnxExportConfig(dispatch=args.dispatch, dtype=args.dtype, fold_u=args.fold_u is not False,
                             with_cache=not args.no_cache, fused_moe=args.fused_moe)
 
 

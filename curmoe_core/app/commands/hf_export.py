@@ -19,7 +19,7 @@ def write_hf(model: Any, folder: Path, args: argparse.Namespace) -> dict[str, An
     from curmoe.exporters.hf import write_hf_folder
 
     # graph options that have no meaning for a torch folder: refuse them instead of ignoring them silently
-    for flag, given in (("--fold-u", getattr(args, "fold_u", False)),
+    for flag, given in (("--fold-u", getattr(args, "fold_u", None) is True),
                         ("--fused-moe", getattr(args, "fused_moe", False)),
                         ("--no-cache", getattr(args, "no_cache", False)),
                         ("--dispatch dense", getattr(args, "dispatch", "sparse") == "dense")):
