@@ -63,6 +63,12 @@ __all__ = ["ValidationReport", "validate", "validate_seeds"]
 
 log = logging.getLogger(__name__)
 
+#: A float32 runtime may differ from the float64 reference by this many times what NumPy's own float32 forward of
+#: the same weights does (other summation orders, fused kernels). On the 3-layer shipped models the floor is ~1e-6,
+#: so the fixed float32 tolerance (3e-5) decides; on a 30-layer upcycled SmolLM2 compressed by neuron CUR the floor
+#: was 1.2e-5 and ORT / OpenVINO reached 6e-6 to 2e-5 (1.7x), so the fixed tolerance alone left 1.5x of room there.
+NOISE_FLOOR_FACTOR = 4.0
+
 
 @dataclass(frozen=True)
 class ValidationReport:
@@ -91,6 +97,11 @@ class ValidationReport:
     tolerance: dict[str, float]
     cases: tuple[dict[str, Any], ...]
     info: dict[str, Any] = field(default_factory=dict)
+    #: float32 exports: max |z_f32 - z_f64| / max |z_f64| of the NumPy reference run in float32 on the prompts
+    #: (same weights; prompts whose float32 routing flipped are left out): the model's own float32 noise floor.
+    noise_floor: float | None = None
+    #: the logit and router-logit bound applied: max(tolerance max_rel_err, NOISE_FLOOR_FACTOR * noise_floor).
+    max_rel_err_bound: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -403,21 +414,23 @@ def _run_cases(sess: Session, model: Model, cases: _Cases, *, runtime: str, path
     compare(f"perplexity sample L={sample.size}", ids, mask, res, out)
     ppl_rt, ppl_ref = float(np.exp(_nll(res["logits"][0], sample))), float(np.exp(_nll(out.logits[0], sample)))
 
+    floor = _noise_floor(model, prompt_lengths, cases.seed) if dtype == "float32" else None
+    bound = max(tol.max_rel_err, NOISE_FLOOR_FACTOR * floor) if floor is not None else tol.max_rel_err
     max_rel = tally.max_abs / tally.max_ref if tally.max_ref > 0 else tally.max_abs
     max_rel_all = tally.max_abs_all / tally.max_ref if tally.max_ref > 0 else tally.max_abs_all
     agreement = tally.agree / tally.pairs if tally.pairs else None
     ppl_rel = abs(ppl_rt / ppl_ref - 1.0)
     failures = []
-    if not max_rel <= tol.max_rel_err:
-        failures.append(f"max_rel_err={max_rel:.3g} > {tol.max_rel_err:g}")
+    if not max_rel <= bound:
+        failures.append(f"max_rel_err={max_rel:.3g} > {bound:.3g}" + _floor_note(tol, floor, bound))
     if tally.hard:
         failures.append(f"{tally.hard} routing flip(s) that are not near ties (margin > 2x the runtime's score "
                         f"error): the runtime routes differently")
     router_rel = None
     if tally.router_err is not None:
         router_rel = tally.router_err / tally.router_ref if tally.router_ref > 0 else tally.router_err
-        if not router_rel <= tol.max_rel_err:
-            failures.append(f"router_max_rel_err={router_rel:.3g} > {tol.max_rel_err:g}")
+        if not router_rel <= bound:
+            failures.append(f"router_max_rel_err={router_rel:.3g} > {bound:.3g}" + _floor_note(tol, floor, bound))
     if tally.real and tally.real_kept < 0.5 * tally.real:
         failures.append(f"only {tally.real_kept} of {tally.real} real tokens kept the reference's routing; too few "
                         f"to compare values")
@@ -431,4 +444,34 @@ def _run_cases(sess: Session, model: Model, cases: _Cases, *, runtime: str, path
         router_max_rel_err=router_rel, ppl_ref=ppl_ref, ppl_runtime=ppl_rt, ppl_rel_diff=ppl_rel,
         passed=not failures, failures=tuple(failures), tolerance=tol.to_dict(), cases=tuple(tally.cases),
         info=sess.info().to_dict() | {"low_memory": sess.options.low_memory if hasattr(sess, "options") else None},
+        noise_floor=floor, max_rel_err_bound=bound,
     )
+
+
+def _floor_note(tol: Tolerance, floor: float | None, bound: float) -> str:
+    if floor is None or bound == tol.max_rel_err:
+        return ""
+    return f" ({NOISE_FLOOR_FACTOR:g}x this model's float32 noise floor {floor:.3g})"
+
+
+def _noise_floor(model: Model, prompt_lengths: Sequence[int], seed: int) -> float | None:
+    """The model's own float32 error: NumPy float32 forward vs the float64 oracle on the validation prompts (the
+    same random ids as the prompt cases), over prompts whose float32 routing matched; None if every prompt flipped
+    or a float32 copy would be a second copy of a large model."""
+    if model.dtype == np.float32:
+        m32 = model
+    elif model.is_large():
+        return None
+    else:
+        m32 = model.astype(np.float32)
+    ref, rng = model.oracle(), np.random.default_rng(seed)
+    err = top = 0.0
+    for T in prompt_lengths:
+        ids = rng.integers(0, model.config.vocab_size, size=(1, T))
+        o64, o32 = ref.run(ids), m32.run(ids)
+        if any(not np.array_equal(a.experts, b.experts) for r64, r32 in zip(o64.routings, o32.routings)
+               for a, b in zip(r64, r32)):
+            continue  # a float32 routing flip: this prompt computes another function, not a rounding error
+        err = max(err, float(np.abs(o32.logits.astype(np.float64) - o64.logits).max()))
+        top = max(top, float(np.abs(o64.logits).max()))
+    return err / top if top > 0 else None

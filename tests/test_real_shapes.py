@@ -85,3 +85,30 @@ def curmoe_model_with(model, key, lin):
     experts = dict(model.experts)
     experts[key] = lin
     return curmoe.Model(model.config, model.tensors, experts)
+
+
+def test_float32_bound_is_the_models_own_noise_floor_when_that_is_larger(tmp_path, monkeypatch):
+    """validate measures NumPy's float32 forward of the same weights against the float64 oracle (the model's own
+    float32 noise floor) and bounds the runtime's logit error by max(3e-5, NOISE_FLOOR_FACTOR x floor): the fixed
+    tolerance decides on shallow models, the floor on deep ones. The bound is what passes or fails a run: with an
+    absurd factor a corrupted export would pass, so the default must stay small enough to catch it."""
+    import importlib
+
+    from curmoe.reference import DenseLinear
+    from curmoe.runtimes.tolerances import TOLERANCES
+
+    v = importlib.import_module("curmoe.runtimes.validate")  # the module (curmoe.runtimes.validate is the function)
+    model = baby_model(dtype=np.float32, std=0.2, **VARIANTS["olmoe_shape"])
+    path = export(model, OnnxExportConfig(), tmp_path / "m.onnx")
+    key = "layers.1.experts.3.up"
+    bad = curmoe_model_with(model, key, DenseLinear(model.experts[key].W * np.float32(1.01)))
+    good = v.validate(path, model, "onnxruntime:cpu")
+    assert good.passed and 0 < good.noise_floor < 1e-5  # a 2-layer model: ~1e-6
+    assert good.max_rel_err_bound == max(TOLERANCES["float32"].max_rel_err, v.NOISE_FLOOR_FACTOR * good.noise_floor)
+    wrong = v.validate(path, bad, "onnxruntime:cpu")
+    assert not wrong.passed and wrong.max_rel_err > wrong.max_rel_err_bound
+    monkeypatch.setattr(v, "NOISE_FLOOR_FACTOR", 1e4 * wrong.max_rel_err / wrong.noise_floor)
+    loose = v.validate(path, bad, "onnxruntime:cpu")
+    assert loose.max_rel_err_bound > wrong.max_rel_err and not any("max_rel_err" in f for f in loose.failures)
+    half = export(model, OnnxExportConfig(dtype="float16"), tmp_path / "h.onnx")
+    assert v.validate(half, model, "onnxruntime:cpu").noise_floor is None  # float16 keeps its own tolerance

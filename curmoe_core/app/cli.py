@@ -510,7 +510,8 @@ def _validate(args: argparse.Namespace) -> int:
     rep.pop("cases", None)
     _emit(rep, args.json, lambda r: (
         f"{'PASSED' if r['passed'] else 'FAILED'} {r['runtime']} ({r['dtype']}): max_abs_err {r['max_abs_err']:.3g}, "
-        f"max_rel_err {r['max_rel_err']:.3g}, routing agreement {r['routing_agreement']}, "
+        f"max_rel_err {r['max_rel_err']:.3g} (bound {r['max_rel_err_bound']:.3g}), "
+        f"routing agreement {r['routing_agreement']}, "
         f"ppl {r['ppl_runtime']:.4f} vs reference {r['ppl_ref']:.4f}"
         + (f"\nfailures: {r['failures']}" if r["failures"] else "")))
     return 0 if rep["passed"] else 1
