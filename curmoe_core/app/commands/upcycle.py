@@ -31,10 +31,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default="wikitext2:train",
                    help="router-training text: wikitext2:train or a text file; 'none' keeps the centroid routers "
                         "(default: %(default)s)")
-    p.add_argument("--calib-tokens", type=int, default=8192, help="(default: %(default)s)")
+    p.add_argument("--calib-tokens", type=int, default=8192,
+                   help="router-training tokens from --calib (default: %(default)s)")
     p.add_argument("--steps", type=int, default=200, help="router training steps per layer (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-2, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the routers (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the neuron clustering and router training (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="WikiText-2 folder (default: $CURMOE_DATA_DIR)")
     p.add_argument("--force", action="store_true", help="replace an existing output model directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
