@@ -1,6 +1,7 @@
 """The "real pretrained model" results page: SmolLM2-135M-Instruct on raw WikiText-2 (``benchmarks/pretrained.py``).
 
-:func:`pretrained_page` formats ``docs/results/data/pretrained.json`` (its ``agreement`` and ``sweep`` blocks, each
+:func:`pretrained_page` formats ``docs/results/data/pretrained.json`` (its ``agreement``, ``sweep``, optional
+``sweep_short`` (every method on a shorter prefix) and ``calib_check`` blocks, each
 with its own provenance) as Markdown. It measures nothing; a missing block says which command makes it.
 """
 
@@ -73,7 +74,7 @@ def _best(rows: list[dict[str, Any]], ratio: float, methods: tuple[str, ...], sp
     return min(c, key=lambda r: r[split]["ppl_token"]) if c else None
 
 
-def _sweep(s: dict[str, Any] | None) -> list[str]:
+def _sweep(s: dict[str, Any] | None, title: str = "Compression on real weights") -> list[str]:
     if not s or not s.get("rows"):
         return ["_No compression sweep yet: run `python benchmarks/pretrained.py sweep`._", ""]
     rows = s["rows"]
@@ -103,7 +104,7 @@ def _sweep(s: dict[str, Any] | None) -> list[str]:
                             f"({max(cp, vp) / min(cp, vp):.2f}x).")
     legend = [f"- `{m}`: {n}" for m, n in METHOD_NOTES.items() if any(r["method"] == m for r in rows)]
     return [
-        "## Compression on real weights",
+        f"## {title}",
         "",
         f"Model: {s.get('n_params', 0):,} parameters, of which {s.get('ffn_params', 0):,} in the 30 dense SwiGLU FFNs "
         "(each compressed as one always-on expert, no router). Ratios: " + str(s.get("ratio_count")) + ". "
@@ -157,5 +158,7 @@ def pretrained_page(data: dict[str, Any]) -> str:
     ]
     lines += _agreement(data.get("agreement"))
     lines += _sweep(data.get("sweep"))
-    lines += _calib_check(data.get("calib_check"), data.get("sweep"))
+    if data.get("sweep_short"):  # every method, on a shorter prefix (the long sweep runs the competitive ones)
+        lines += _sweep(data["sweep_short"], "Every method, on a short prefix")
+    lines += _calib_check(data.get("calib_check"), data.get("sweep_short") or data.get("sweep"))
     return "\n".join(lines).rstrip() + "\n"
