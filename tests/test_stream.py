@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,3 +278,19 @@ def test_source_reads_through_the_common_parser(tmp_path):
     f.write_bytes(b"\xff" * 8 + data[8:])
     with pytest.raises(curmoe.CheckpointError, match=r"header length \d+ does not fit in a file"):
         SafetensorsSource(tmp_path / "bf16")
+
+
+def test_streamed_output_keeps_the_tokenizer_side_files(tmp_path):
+    """A pretrained model's tokenizer_config.json (chat template) and special_tokens_map.json go with tokenizer.json,
+    as Model.save keeps them."""
+    from curmoe.compress import compress_checkpoint
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "models" / "wt2-moe-tiny", src)
+    side = {"tokenizer_config.json": '{"chat_template": "{{ messages }}"}', "special_tokens_map.json": "{}"}
+    for name, text in side.items():
+        (src / name).write_text(text)
+    compress_checkpoint(src, tmp_path / "out", curmoe.CURConfig(ratio=0.5), progress=False)
+    for name, text in side.items():
+        assert (tmp_path / "out" / name).read_text() == text
+    assert not (tmp_path / "out" / "chat_template.jinja").exists()  # copied only when the source has it

@@ -53,7 +53,16 @@ from curmoe.compress._shards import (
     to_bf16_bits,
     write_safetensors,
 )
-from curmoe.reference import CURLinear, DenseLinear, Linear, Model, ModelConfig, NeuronLinear, SVDLinear
+from curmoe.reference import (
+    TOKENIZER_SIDE_FILES,
+    CURLinear,
+    DenseLinear,
+    Linear,
+    Model,
+    ModelConfig,
+    NeuronLinear,
+    SVDLinear,
+)
 from curmoe.reference.names import expected_tensors, expert_keys
 
 __all__ = ["compress_checkpoint", "read_sharded"]
@@ -526,9 +535,9 @@ def _finalise(job: _Job, dst: Path, fp: dict[str, Any], seconds: float) -> Model
              "weight_map": dict(sorted(weight_map.items()))}
     (job.work / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     (job.work / "config.json").write_text(new_cfg.to_json() + "\n")
-    tok = job.src / "tokenizer.json"
-    if tok.is_file():
-        shutil.copyfile(tok, job.work / "tokenizer.json")
+    for name in ("tokenizer.json", *TOKENIZER_SIDE_FILES):  # the chat template and special tokens go with it
+        if (job.src / name).is_file():
+            shutil.copyfile(job.src / name, job.work / name)
     old = None
     if dst.exists():
         old = dst.parent / f".{dst.name}.old-{os.getpid()}"

@@ -8,6 +8,7 @@ Imports NumPy, safetensors, :mod:`curmoe.common` and :mod:`curmoe.routing`.
 from __future__ import annotations
 
 from curmoe.reference._attention import KVCache
+from curmoe.reference._checkpoint import TOKENIZER_SIDE_FILES
 from curmoe.reference._causal import causal_twin
 from curmoe.reference._config import ModelConfig, MoEConfig
 from curmoe.reference._linear import CURLinear, DenseLinear, Linear, NeuronLinear, SVDLinear
@@ -26,6 +27,7 @@ __all__ = [
            "ModelOutput",
            "NeuronLinear",
            "SVDLinear",
+           "TOKENIZER_SIDE_FILES",
            "causal_twin",
            "expected_tensors",
            "expert_forward",
