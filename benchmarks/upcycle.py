@@ -99,7 +99,8 @@ def _validate(path: Path, model: curmoe.Model, args: argparse.Namespace) -> dict
         d = rep.to_dict()
         out[rt] = {"passed": bool(rep.passed), "max_rel_err": d["max_rel_err"], "hard_flips": d["hard_flips"],
                    "routing_agreement": d["routing_agreement"], "ppl_rel_diff": d["ppl_rel_diff"],
-                   "failures": list(d["failures"]),
+                   "failures": list(d["failures"]), "noise_floor": d["noise_floor"],
+                   "max_rel_err_bound": d["max_rel_err_bound"],
                    "seconds": round(time.perf_counter() - t0, 1)}
         print(f"  validate {rt}: {'pass' if rep.passed else 'FAIL'} (max_rel_err {d.get('max_rel_err')})", flush=True)
     return out
